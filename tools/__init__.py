@@ -1,0 +1,1 @@
+"""vantrack host tools: command line, GPS/NMEA simulator, MicroPython runner, benchmarks."""
