@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import bench, gpssim, nmeadecode, rig
+from . import bench, demo, gpssim, nmeadecode
 
 DESCRIPTION = """\
 vantrack: tracking for last-mile delivery vans.
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (nmeadecode, gpssim, rig, bench):
+    for module in (demo, nmeadecode, gpssim, bench):
         module.register(sub)
     return parser
 

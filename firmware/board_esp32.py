@@ -1,0 +1,51 @@
+# Board layer for the ESP32: the only module that touches pins, UARTs and the filesystem
+# layout of the real device. Everything else receives streams and directories from here.
+import asyncio
+import sys
+
+from machine import UART, Pin, reset_cause
+
+# UART receive buffer: at 10 Hz and 115200 baud a receiver can fill the line
+# (11.5 KB/s). 4 KB covers ~350 ms of a saturated line, more than the longest pause of
+# the reader task (a flash write or a GC cycle takes tens of ms) with margin.
+GPS_RXBUF = 4096
+
+
+class Board:
+    name = "esp32"
+
+    def __init__(self):
+        self.flash_dir = "/data"
+        self.overrides = None
+        self.gps_eof_exits = False
+        self.cfg = None
+        self.gps_uart = None
+        self._led = None
+
+    def configure(self, cfg):
+        self.cfg = cfg
+        self.gps_uart = UART(
+            cfg["gps_uart"],
+            baudrate=cfg["gps_baud"],
+            rx=cfg["gps_rx"],
+            tx=cfg["gps_tx"],
+            rxbuf=GPS_RXBUF,
+        )
+        self._led = Pin(cfg["status_led"], Pin.OUT)
+
+    def gps_stream(self):
+        # machine.UART is a stream the asyncio poller understands: awaiting readinto()
+        # suspends the task until bytes arrive, so other tasks keep running.
+        return asyncio.StreamReader(self.gps_uart)
+
+    def led(self, on):
+        self._led.value(1 if on else 0)
+
+    def describe(self):
+        return {
+            "board": self.name,
+            "platform": sys.platform,
+            "reset_cause": reset_cause(),
+            "gps": "uart%d rx=%d tx=%d %d baud"
+            % (self.cfg["gps_uart"], self.cfg["gps_rx"], self.cfg["gps_tx"], self.cfg["gps_baud"]),
+        }

@@ -1,0 +1,33 @@
+# GPS reader task: moves bytes from the board's GPS stream into the NMEA parser.
+#
+# One preallocated buffer is reused for every read, so reading allocates nothing; the
+# parser calls back once per completed epoch. The stream is whatever the board hands
+# over (machine.UART on the ESP32, a pty on the sim board): this module never knows.
+import asyncio
+
+import log
+
+READ_CHUNK = 256
+
+
+async def run(stream, parser, exit_on_eof=False):
+    buf = bytearray(READ_CHUNK)
+    mv = memoryview(buf)
+    while True:
+        try:
+            n = await stream.readinto(mv)
+        except OSError as e:
+            # A pty whose writer went away reports EIO; a UART never does.
+            n = 0
+            err = e.errno if hasattr(e, "errno") else e.args[0]
+            if not exit_on_eof:
+                log.warn("gps", "read_error", errno=err)
+        if n:
+            parser.feed(buf, n)
+            continue
+        if exit_on_eof:
+            parser.flush()
+            log.info("gps", "end_of_stream")
+            return
+        # No data: a silent receiver. Don't spin; the next byte wakes us normally.
+        await asyncio.sleep_ms(100)

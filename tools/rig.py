@@ -1,0 +1,177 @@
+"""The simulated rig: a van's firmware under MicroPython, fed by gps-sim over a pty.
+
+A `SimVan` is two processes joined by real serial: `vantrack gps-sim --pty` plays a
+route into a fresh pty pair, and the firmware's main.py runs under the `micropython`
+binary (heap capped like an ESP32's) on the sim board, reading that pty through its board
+layer exactly as the ESP32 reads its UART. Used by the demo and by hil_tests/.
+It does not parse NMEA itself: everything it reports comes out of the firmware's console.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from . import mpy
+
+ROUTES_DIR = Path(__file__).resolve().parent / "routes"
+GPS_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+def sample_route(name: str) -> Path:
+    """Path of a sample route by name (`urban-round`) or the path itself if it exists."""
+    p = Path(name)
+    if p.exists():
+        return p
+    candidate = ROUTES_DIR / f"{name}.gpx"
+    if candidate.exists():
+        return candidate
+    known = ", ".join(sorted(r.stem for r in ROUTES_DIR.glob("*.gpx")))
+    raise FileNotFoundError(f"no route {name!r} (sample routes: {known})")
+
+
+def parse_fix_line(line: str) -> dict[str, Any] | None:
+    """Decode a firmware console `F ...` line (echoed fix) into host units, else None.
+
+    The firmware prints integers only (see firmware/tracker.py): GPS seconds since 2000,
+    milliseconds, microdegrees, mm/s, centidegrees, centimetres, HDOP*100.
+    """
+    parts = line.split()
+    if len(parts) != 13 or parts[0] != "F":
+        return None
+
+    def num(s: str) -> int | None:
+        return None if s == "None" else int(s)
+
+    t, ms, lat, lon, speed, course, alt, quality, mode, sats, hdop, valid = map(num, parts[1:])
+    time = None
+    if t is not None:
+        stamp = GPS_EPOCH + dt.timedelta(seconds=t, milliseconds=ms or 0)
+        time = stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {
+        "time": time,
+        "lat": None if lat is None else lat / 1e6,
+        "lon": None if lon is None else lon / 1e6,
+        "speed_mps": None if speed is None else speed / 1000,
+        "course_deg": None if course is None else course / 100,
+        "alt_m": None if alt is None else alt / 100,
+        "quality": quality,
+        "mode": mode,
+        "sats": sats,
+        "hdop": None if hdop is None else hdop / 100,
+        "valid": bool(valid),
+    }
+
+
+class SimVan:
+    """One simulated van: gps-sim on a pty feeding the firmware under `micropython`."""
+
+    def __init__(
+        self,
+        route: os.PathLike[str] | str,
+        flash_dir: os.PathLike[str] | str,
+        *,
+        rate_hz: float = 1.0,
+        speedup: float | None = None,
+        sim_args: Sequence[str] = (),
+        heap: str = mpy.DEFAULT_HEAP,
+        echo: bool = True,
+    ) -> None:
+        self.route = Path(route)
+        self.flash_dir = Path(flash_dir)
+        self.rate_hz = rate_hz
+        self.speedup = speedup
+        self.sim_args = list(sim_args)
+        self.heap = heap
+        self.echo = echo
+        self.sim: subprocess.Popen[bytes] | None = None
+        self.fw: subprocess.Popen[bytes] | None = None
+        self.pty_path: str | None = None
+        self._sim_stderr: list[str] = []
+
+    def start(self) -> None:
+        pace = ["--fast"] if self.speedup is None else ["--speedup", str(self.speedup)]
+        cmd = [
+            sys.executable, "-m", "vantrack.tools.cli", "gps-sim", str(self.route), "--pty",
+            "--rate", str(self.rate_hz), *pace, *self.sim_args,
+        ]  # fmt: skip
+        self.sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self.sim.stdout is not None
+        first = self.sim.stdout.readline().decode().strip()
+        if not first.startswith("pty: "):
+            self.stop()
+            raise RuntimeError(f"gps-sim did not announce a pty: {first!r}")
+        self.pty_path = first[5:]
+        self._drain(self.sim.stderr, self._sim_stderr)
+        self.flash_dir.mkdir(parents=True, exist_ok=True)
+        args = ["--gps", self.pty_path, "--flash", str(self.flash_dir), "--exit-on-eof"]
+        if self.echo:
+            args.append("--echo")
+        self.fw = mpy.popen(
+            mpy.FIRMWARE_DIR / "main.py", args, heap=self.heap,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    @staticmethod
+    def _drain(stream: IO[bytes] | None, into: list[str]) -> None:
+        # gps-sim's progress goes to stderr; read it so the pipe never fills and blocks it.
+        if stream is None:
+            return
+
+        def pump() -> None:
+            for raw in stream:
+                into.append(raw.decode(errors="replace").rstrip())
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def console(self) -> Iterator[str]:
+        """The firmware's console lines, until it exits."""
+        assert self.fw is not None and self.fw.stdout is not None
+        for raw in self.fw.stdout:
+            yield raw.decode(errors="replace").rstrip("\r\n")
+
+    def fixes(self) -> Iterator[dict[str, Any]]:
+        for line in self.console():
+            fix = parse_fix_line(line)
+            if fix is not None:
+                yield fix
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.fw is not None
+        return self.fw.wait(timeout)
+
+    def stop(self) -> None:
+        for proc in (self.fw, self.sim):
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for proc in (self.fw, self.sim):
+            if proc is not None:
+                for stream in (proc.stdout, proc.stderr):
+                    if stream is not None:
+                        with contextlib.suppress(OSError):
+                            stream.close()
+
+    @property
+    def sim_log(self) -> list[str]:
+        return list(self._sim_stderr)
+
+    def __enter__(self) -> SimVan:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
