@@ -39,13 +39,17 @@ class Board:
         return asyncio.StreamReader(self.gps_uart)
 
     def led(self, on):
-        self._led.value(1 if on else 0)
+        if self._led is not None:
+            self._led.value(1 if on else 0)
 
     def describe(self):
+        cfg = self.cfg
+        if cfg is None:
+            return {"board": self.name, "platform": sys.platform}
         return {
             "board": self.name,
             "platform": sys.platform,
             "reset_cause": reset_cause(),
             "gps": "uart%d rx=%d tx=%d %d baud"
-            % (self.cfg["gps_uart"], self.cfg["gps_rx"], self.cfg["gps_tx"], self.cfg["gps_baud"]),
+            % (cfg["gps_uart"], cfg["gps_rx"], cfg["gps_tx"], cfg["gps_baud"]),
         }

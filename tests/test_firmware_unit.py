@@ -30,7 +30,8 @@ def _cases() -> list[tuple[str, str]]:
 def _run_file(filename: str) -> tuple[dict[str, str], str]:
     proc = mpy.run(MPY_TESTS / filename, heap="64K", extra_path=[MPY_TESTS], timeout=300)
     out = proc.stdout.decode(errors="replace")
-    assert "DONE" in out, f"{filename} did not finish (rc={proc.returncode}):\n{out}\n{proc.stderr.decode()}"
+    err = proc.stderr.decode(errors="replace")
+    assert "DONE" in out, f"{filename} did not finish (rc={proc.returncode}):\n{out}\n{err}"
     results: dict[str, str] = {}
     current = None
     for line in out.splitlines():

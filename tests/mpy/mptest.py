@@ -2,8 +2,8 @@
 # A test file defines test_* functions and ends with `mptest.main(globals())`.
 # Output is one line per test (PASS/FAIL name) plus tracebacks, then a DONE line that
 # tests/test_firmware_unit.py reads. CPython's unittest is not available on MicroPython.
-import sys
 import gc
+import sys
 
 
 class Fail(Exception):
