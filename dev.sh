@@ -73,6 +73,7 @@ case "$cmd" in
     system_test_deps
     say "lint (ruff)"
     .venv/bin/ruff check .
+    .venv/bin/ruff format --check . >/dev/null || { .venv/bin/ruff format --diff . | head -40; exit 1; }
     say "type check (mypy: gateway, tools)"
     .venv/bin/mypy
     say "tests (pytest: tests/ and hil_tests/ on the simulated rig)"

@@ -41,6 +41,28 @@ def _makedirs(path):
                 pass
 
 
+# Linux termios c_cc indices (MicroPython's termios module does not export them).
+_VTIME = 5
+_VMIN = 6
+
+
+def _return_what_is_there(f):
+    # MicroPython's readinto() on a blocking file keeps reading until the buffer is full,
+    # which on a tty would hold a fix back (and block the event loop) until 256 more bytes
+    # came in. With VMIN=0/VTIME=0 a tty read returns at once with what is queued, like
+    # machine.UART's read on the ESP32; asyncio only calls it after poll() saw data.
+    # A regular file (a recorded log) is not a tty and needs nothing.
+    import termios
+
+    try:
+        attrs = termios.tcgetattr(f.fileno())
+    except OSError:
+        return
+    attrs[6][_VMIN] = 0
+    attrs[6][_VTIME] = 0
+    termios.tcsetattr(f.fileno(), termios.TCSANOW, attrs)
+
+
 class Board:
     name = "sim"
 
@@ -58,8 +80,9 @@ class Board:
         self.cfg = cfg
 
     def gps_stream(self):
-        # Unbuffered so a read returns what the pty has now instead of waiting to fill.
-        return asyncio.StreamReader(open(self.gps_path, "rb", buffering=0))
+        f = open(self.gps_path, "rb", buffering=0)
+        _return_what_is_there(f)
+        return asyncio.StreamReader(f)
 
     def led(self, on):
         self._led = bool(on)

@@ -49,15 +49,32 @@ class Tracker:
     def _echo(self, fix):
         print(
             "F %s %s %s %s %s %s %s %s %s %s %s %s"
-            % (fix.t, fix.ms, fix.lat, fix.lon, fix.speed, fix.course, fix.alt,
-               fix.quality, fix.mode, fix.sats, fix.hdop, 1 if fix.valid else 0)
+            % (
+                fix.t,
+                fix.ms,
+                fix.lat,
+                fix.lon,
+                fix.speed,
+                fix.course,
+                fix.alt,
+                fix.quality,
+                fix.mode,
+                fix.sats,
+                fix.hdop,
+                1 if fix.valid else 0,
+            )
         )
 
     def log_stats(self):
         p = self.parser
         log.info(
-            "gps", "stats", sentences=p.sentences, fixes=self.fixes, valid=self.valid_fixes,
-            drops=p.drops, mem_free=gc.mem_free(),
+            "gps",
+            "stats",
+            sentences=p.sentences,
+            fixes=self.fixes,
+            valid=self.valid_fixes,
+            drops=p.drops,
+            mem_free=gc.mem_free(),
         )
 
     async def run(self):

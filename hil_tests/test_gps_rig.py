@@ -82,20 +82,24 @@ def intact_positions(route: str, *args: str) -> dict[str, tuple[float, float]]:
         except (pynmea2.ParseError, UnicodeError):
             continue
         if isinstance(msg, pynmea2.types.talker.RMC | pynmea2.types.talker.GGA) and msg.latitude:
-            seen[msg.timestamp.isoformat(timespec="milliseconds")] = (msg.latitude, msg.longitude)
+            seen[msg.timestamp.strftime("%H:%M:%S.%f")[:12]] = (msg.latitude, msg.longitude)
     return seen
 
 
 def test_faulty_receiver_never_crashes_the_van_and_bad_lines_never_become_fixes(van):
-    faults = ["--seed", "11", "--drop", "0.02", "--corrupt", "0.05", "--truncate", "0.02",
-              "--noise-burst", "0.01"]  # fmt: skip
+    faults = ["--seed", "11", "--faults", "drop=0.02,checksum=0.05,truncate=0.02",
+              "--faults", "noise=200@300,noise=64@900,nofix=60@1200"]  # fmt: skip
     intact = intact_positions("urban-round", *faults)
     v = van("urban-round", sim_args=[*faults, "--start", START])
     lines = list(v.console())
     assert v.wait(120) == 0
     assert not any("Traceback" in ln for ln in lines)
-    fixes = [f for f in map(rig.parse_fix_line, lines) if f and f["valid"]]
+    decoded = [f for f in map(rig.parse_fix_line, lines) if f]
+    fixes = [f for f in decoded if f["valid"]]
     assert len(fixes) > 100
+    # The 60 s tunnel (nofix=60@1200): epochs reported as no fix, never as a position.
+    tunnel = [f for f in decoded if not f["valid"]]
+    assert len(tunnel) >= 50 and all(f["lat"] is None for f in tunnel)
     # Every position the firmware reports was sent intact by the simulator in that epoch:
     # a corrupted, truncated or noisy line never turns into a position.
     for f in fixes:
