@@ -74,6 +74,20 @@ def nmea_input(path: Path | None) -> bytes:
     return b"".join(lines)
 
 
+# What the firmware turns into numbers for each sentence; pynmea2 converts fields lazily
+# on attribute access, so the reference reads the same ones to do the same work.
+_FIELDS = (
+    "timestamp", "datestamp", "status", "latitude", "longitude", "spd_over_grnd",
+    "true_course", "altitude", "gps_qual", "num_sats", "horizontal_dil", "mode_fix_type",
+    "spd_over_grnd_kts",
+)  # fmt: skip
+
+
+def _decode_fields(msg: object) -> None:
+    for name in _FIELDS:
+        getattr(msg, name, None)
+
+
 def _bench_pynmea2(data: bytes, rounds: int) -> tuple[int, float, float]:
     import pynmea2
 
@@ -84,7 +98,7 @@ def _bench_pynmea2(data: bytes, rounds: int) -> tuple[int, float, float]:
         t0 = time.perf_counter()
         for line in lines:
             try:
-                pynmea2.parse(line, check=True)
+                _decode_fields(pynmea2.parse(line, check=True))
                 n += 1
             except pynmea2.ParseError:
                 pass
@@ -98,8 +112,7 @@ def _bench_pynmea2(data: bytes, rounds: int) -> tuple[int, float, float]:
     for line in lines:
         snap = tracemalloc.get_traced_memory()[0]
         try:
-            msg = pynmea2.parse(line, check=True)
-            _ = (getattr(msg, "latitude", None), getattr(msg, "longitude", None))
+            _decode_fields(pynmea2.parse(line, check=True))
         except pynmea2.ParseError:
             pass
         allocated += max(tracemalloc.get_traced_memory()[1] - snap, 0)
