@@ -54,8 +54,8 @@ setup() {
 }
 
 system_test_deps() {
-  # Real peers for the test suite (none needed yet beyond Python; later: mosquitto, libcoap).
-  :
+  # Real peers the test suite talks to over loopback: libcoap's coap-client/-server.
+  apt_install libcoap3-bin
 }
 
 cmd=${1:-}

@@ -8,7 +8,17 @@ import json
 import log
 
 DEFAULTS = {
-    "device_id": "",
+    # Identity from the gateway's registry (`vantrack devices add`): numeric id and the
+    # 128-bit key (hex) that signs reports. device_id 0 = not provisioned: track, don't send.
+    "device_id": 0,
+    "device_name": "",
+    "key": "",
+    # The gateway: host name or address, CoAP over UDP.
+    "gateway_host": "",
+    "gateway_port": 5683,
+    # A report closes at this many records or this many GPS seconds after its first.
+    "report_max_records": 10,
+    "report_max_age_s": 10,
     # GPS UART: ESP32 UART2 on GPIO16 (RX) / GPIO17 (TX), 9600 baud is the factory
     # setting of u-blox NEO and Quectel L76 modules.
     "gps_uart": 2,

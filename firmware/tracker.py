@@ -85,7 +85,7 @@ def main(board):
     cfg = config.load(board.flash_dir, board.overrides)
     board.configure(cfg)
     info = board.describe()
-    log.info("boot", "start", version=VERSION, device=cfg["device_id"] or "-", **info)
+    log.info("boot", "start", version=VERSION, device=cfg["device_name"] or "-", **info)
     t = Tracker(board, cfg)
     try:
         asyncio.run(t.run())

@@ -80,6 +80,10 @@ class WireError(ValueError):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self) -> tuple[type[WireError], tuple[str, str]]:
+        # Decoding runs in worker processes: the error must cross back intact.
+        return (WireError, (self.reason, self.detail))
+
 
 @dataclass(frozen=True)
 class Position:
@@ -145,6 +149,11 @@ def _validator() -> Any:
     from zcbor.zcbor.zcbor import DataTranslator  # heavy import, once
 
     return DataTranslator.from_cddl(CDDL_PATH.read_text(), 4096).my_types["report"]
+
+
+def warm_up() -> None:
+    """Compile the CDDL now (in a decode worker) rather than on the first report."""
+    _validator()
 
 
 def validate(payload: bytes) -> None:

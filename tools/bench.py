@@ -1,11 +1,16 @@
 """`vantrack bench ...`: speed and memory figures, each beside a reference in the same run.
 
 Benchmarks print figures; tests never assert timings. Each benchmark is a sub-subcommand
-registered in BENCHMARKS (nmea now; geofence, wire, gateway later).
+registered in BENCHMARKS (nmea, wire, gateway now; geofence later).
 
   nmea  the firmware NMEA parser under `micropython -X heapsize=64K`: sentences/s and
         heap bytes allocated per sentence (gc.mem_alloc() around the loop, gc disabled),
         against pynmea2 under CPython on the same input (tracemalloc for its bytes).
+  wire  bytes per position of the firmware's reports against JSON and Teltonika Codec 8
+        for the same fixes of the sample routes (tools/wirebench.py).
+  gateway  `vantrack gateway` in its own process under load from many virtual vans
+        (tools/loadgen.py): reports/s committed, p50/p99 latency, loss, against a bare
+        aiocoap resource that stores nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
-from . import mpy
+from . import loadgen, mpy, wirebench
 from .nmeadecode import strip_comments
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,4 +172,8 @@ BENCHMARKS: dict[
         Callable[[argparse._SubParsersAction[argparse.ArgumentParser], str], None],
         Callable[[argparse.Namespace], int],
     ],
-] = {"nmea": (_setup_nmea, bench_nmea)}
+] = {
+    "nmea": (_setup_nmea, bench_nmea),
+    "wire": (wirebench.setup_bench, wirebench.run),
+    "gateway": (loadgen.setup_bench, loadgen.bench_gateway),
+}

@@ -11,6 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from vantrack.gateway import cli as gateway_cli
+
 from . import bench, demo, gpssim, nmeadecode
 
 DESCRIPTION = """\
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, nmeadecode, gpssim, bench):
+    for module in (demo, gateway_cli, nmeadecode, gpssim, bench):
         module.register(sub)
     return parser
 

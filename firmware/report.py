@@ -1,0 +1,138 @@
+# Report builder: the van's side of the wire format (docs/wire-format.md, gateway/wire.cddl).
+#
+# Records (positions now, events later) are appended to a preallocated CBOR buffer as they
+# are decided, delta-encoded against the previous position; `seal()` wraps them into one
+# report map (version, device, seq, t0, records) and closes it with the HMAC-SHA256/64
+# over every byte before the MAC entry. Appending a position allocates nothing.
+# It does not decide when to send or keep reports across reboots (uplink/queue do).
+import hashlib
+
+import cbor
+from micropython import const
+
+VERSION = const(1)
+_K_VERSION = const(0)
+_K_DEVICE = const(1)
+_K_SEQ = const(2)
+_K_T0 = const(3)
+_K_RECORDS = const(4)
+_K_MAC = const(5)
+MAC_LEN = const(8)
+
+# A position is at most 1 + 1+5 + 5 + 5 + 3 + 3 + 3 + 2 = 28 bytes (first of a report,
+# full-size deltas); one CoAP datagram keeps well under 1024 bytes with 30 of them.
+POSITION_MAX = const(28)
+# Report envelope: map header, four small entries (<= 1+2+6+6+6), array header (<= 3),
+# MAC entry (10).
+ENVELOPE_MAX = const(40)
+
+
+class Mac:
+    # HMAC-SHA256 (RFC 2104) truncated to 64 bits, with the key's pads computed once.
+    def __init__(self, key):
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        k = bytearray(64)
+        k[: len(key)] = key
+        self._ipad = bytes(b ^ 0x36 for b in k)
+        self._opad = bytes(b ^ 0x5C for b in k)
+
+    def digest(self, data):
+        h = hashlib.sha256(self._ipad)
+        h.update(data)
+        inner = h.digest()
+        h = hashlib.sha256(self._opad)
+        h.update(inner)
+        return h.digest()[:MAC_LEN]
+
+
+class Batch:
+    def __init__(self, device_id, key, max_records=10):
+        self.device_id = device_id
+        self.max_records = max_records
+        self._mac = Mac(key)
+        self._recs = cbor.Writer(max_records * POSITION_MAX)
+        self._out = cbor.Writer(max_records * POSITION_MAX + ENVELOPE_MAX)
+        self.count = 0
+        self.seq = 0
+        self.t0 = 0
+        self._ds = 0  # deciseconds since t0 of the last record
+        self._lat = 0
+        self._lon = 0
+
+    def start(self, seq, t0):
+        # A new report whose first record gets `seq` and whose time base is `t0`
+        # (GPS seconds since 2000).
+        self._recs.reset()
+        self.count = 0
+        self.seq = seq
+        self.t0 = t0
+        self._ds = 0
+        self._lat = 0
+        self._lon = 0
+
+    def full(self):
+        return self.count >= self.max_records
+
+    def add_position(self, fix):
+        # Append a valid fix (see nmea.Fix). Returns False, changing nothing, if the
+        # report is full or the fix lies before the last record (the caller seals and
+        # starts a new report).
+        if self.count >= self.max_records:
+            return False
+        ds = (fix.t - self.t0) * 10 + fix.ms // 100
+        if ds < self._ds:
+            return False
+        w = self._recs
+        mark = w.mark()
+        first = self.count == 0
+        try:
+            w.array(7 if first else 5)
+            w.uint(ds - self._ds)
+            w.int(fix.lat - self._lat)
+            w.int(fix.lon - self._lon)
+            speed = fix.speed
+            if speed is None:
+                w.null()
+            else:
+                w.uint((speed + 50) // 100)  # mm/s -> dm/s
+            course = fix.course
+            if course is None:
+                w.null()
+            else:
+                w.uint((course + 50) // 100 % 360)  # centidegrees -> degrees
+            if first:
+                hdop = fix.hdop
+                w.uint(0 if hdop is None else (hdop + 5) // 10)  # x100 -> x10
+                sats = fix.sats
+                w.uint(0 if sats is None else sats)
+        except OverflowError:
+            w.rewind(mark)
+            return False
+        self._ds = ds
+        self._lat = fix.lat
+        self._lon = fix.lon
+        self.count += 1
+        return True
+
+    def seal(self):
+        # The finished report as a memoryview into the batch's own buffer: copy it
+        # (bytes(...)) before starting the next report.
+        w = self._out
+        w.reset()
+        w.map(6)
+        w.uint(_K_VERSION)
+        w.uint(VERSION)
+        w.uint(_K_DEVICE)
+        w.uint(self.device_id)
+        w.uint(_K_SEQ)
+        w.uint(self.seq)
+        w.uint(_K_T0)
+        w.uint(self.t0)
+        w.uint(_K_RECORDS)
+        w.array(self.count)
+        w.raw(self._recs.getvalue())
+        mac = self._mac.digest(w.getvalue())
+        w.uint(_K_MAC)
+        w.bytes(mac)
+        return w.getvalue()

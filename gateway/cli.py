@@ -1,0 +1,572 @@
+"""Gateway commands: `vantrack gateway`, `devices`, `positions`, `events`, `decode`.
+
+Each handler builds the configuration once (TOML file + flags, gateway/config.py) and
+hands it down. A bad configuration is one line on stderr and exit code 2. Query output
+is a table by default and JSON lines with --json; times are ISO-8601 UTC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import secrets
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from . import config as configmod
+from . import wire
+from .store import Device, Query, Store, StoreError, from_ms, to_ms
+
+EXIT_CONFIG = 2
+
+GATEWAY_HELP = """\
+Receive the vans' reports (CoAP POST /r, CBOR, docs/wire-format.md) over UDP, check each
+one (size, CDDL, device, MAC), store its records in SQLite in one transaction and answer
+2.04 only after the commit. Logs go to stderr, one event per line; when ready, one line
+`gateway listening on HOST:PORT` goes to stdout. SIGINT/SIGTERM stop it cleanly.
+See docs/gateway.md and docs/gateway.example.toml.
+"""
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("configuration")
+    g.add_argument(
+        "--config", type=Path, metavar="FILE",
+        help="TOML configuration file (docs/gateway.example.toml); flags override it",
+    )  # fmt: skip
+    g.add_argument(
+        "--db", type=Path, metavar="PATH",
+        help=f"SQLite database (default: config, else ${configmod.DB_ENV}, "
+        f"else ./{configmod.DEFAULT_DB})",
+    )  # fmt: skip
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "gateway", help="run the CoAP gateway: receive, check and store the vans' reports",
+        description=GATEWAY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    _config_args(p)
+    p.add_argument("--bind", metavar="ADDR", help="address to listen on (default :: = all)")
+    p.add_argument("--port", type=int, help=f"UDP port (default {configmod.COAP_PORT})")
+    p.add_argument(
+        "--max-report-bytes", type=int, metavar="N",
+        help="larger payloads get 4.13 (default 1024)",
+    )  # fmt: skip
+    p.add_argument(
+        "--busy-timeout-ms", type=int, metavar="MS",
+        help="how long a write waits for a database lock before 5.03 (default 2000)",
+    )  # fmt: skip
+    p.add_argument("--log-format", choices=configmod.LOG_FORMATS, help="kv (default) or json")
+    p.add_argument("--log-level", choices=configmod.LOG_LEVELS, help="default info")
+    p.set_defaults(func=cmd_gateway)
+
+    d = sub.add_parser(
+        "devices", help="register, list and remove vans (device ids and keys)",
+        description="The device registry in the store. Each van has a numeric id (in every "
+        "report) and a 128-bit key that signs its reports; `add` writes the credentials "
+        "file to flash onto the van.",
+    )  # fmt: skip
+    dsub = d.add_subparsers(dest="devices_cmd", metavar="ACTION", required=True)
+    a = dsub.add_parser(
+        "add", help="register a van and write its credentials file",
+        description="Register a device: a new random 128-bit key, a numeric id (next free "
+        "one unless --id), and the credentials file CREDENTIALS_DIR/NAME.json (mode 0600) "
+        "holding device_id, device_name and key. The key is never printed. An existing "
+        "name is reused (its file rewritten from the store) unless --new-key.",
+    )  # fmt: skip
+    a.add_argument("name", metavar="NAME", help="unique device name, e.g. van-07")
+    a.add_argument("--id", type=int, dest="device_id", metavar="N", help="numeric device id")
+    a.add_argument(
+        "--new-key", action="store_true",
+        help="give an existing device a new key (the old one stops working)",
+    )  # fmt: skip
+    a.add_argument(
+        "--credentials-dir", type=Path, metavar="DIR",
+        help="where to write NAME.json (default: config, else ./credentials)",
+    )  # fmt: skip
+    _config_args(a)
+    a.set_defaults(func=cmd_devices_add)
+    ls = dsub.add_parser("list", help="list registered devices", description="List devices.")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    _config_args(ls)
+    ls.set_defaults(func=cmd_devices_list)
+    rm = dsub.add_parser(
+        "remove", help="forget a device (its stored records stay)",
+        description="Remove a device from the registry: its reports are refused (4.01) from "
+        "now on. Positions and events already stored are kept and still listed by id. "
+        "The credentials file is left where it is.",
+    )  # fmt: skip
+    rm.add_argument("device", metavar="NAME|ID")
+    _config_args(rm)
+    rm.set_defaults(func=cmd_devices_remove)
+
+    for kind in ("positions", "events"):
+        q = sub.add_parser(
+            kind, help=f"query stored {kind}",
+            description=f"Stored {kind}, ordered by device then device time (UTC). "
+            "T is ISO-8601 (2026-05-09T07:30:00Z; no zone means UTC) or a time ago: "
+            "30s, 10m, 2h, 1d.",
+        )  # fmt: skip
+        q.add_argument("--device", metavar="NAME|ID", help="only this device")
+        q.add_argument("--since", metavar="T", help="device time at or after T")
+        q.add_argument("--until", metavar="T", help="device time at or before T")
+        q.add_argument("--limit", type=int, metavar="N", help="at most N rows")
+        q.add_argument("--json", action="store_true", help="one JSON object per line")
+        _config_args(q)
+        q.set_defaults(func=cmd_positions if kind == "positions" else cmd_events)
+
+    dec = sub.add_parser(
+        "decode", help="show what a report payload holds (CBOR diagnostic + fields)",
+        description="Decode one report: CBOR diagnostic notation, then the decoded fields "
+        "(device, seq range, t0, each record with absolute time, position, speed). "
+        "Exit code 1 if it is not a valid report.",
+    )  # fmt: skip
+    dec.add_argument(
+        "payload", metavar="HEX|-",
+        help="the payload in hex, or '-' to read it from stdin (raw bytes or hex text)",
+    )  # fmt: skip
+    dec.add_argument(
+        "--verify", action="store_true",
+        help="also check the MAC with the device's key from the store",
+    )  # fmt: skip
+    _config_args(dec)
+    dec.set_defaults(func=cmd_decode)
+
+
+# ---- shared ----------------------------------------------------------------------------
+class _Exit(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"vantrack: {message}", file=sys.stderr)
+    return code
+
+
+def _config(args: argparse.Namespace, **overrides: Any) -> configmod.Config:
+    try:
+        return configmod.load(
+            getattr(args, "config", None), {"gateway.db": getattr(args, "db", None), **overrides}
+        )
+    except configmod.ConfigError as e:
+        raise _Exit(EXIT_CONFIG, f"config: {e}") from None
+
+
+def _open(cfg: configmod.Config) -> Store:
+    try:
+        return Store(cfg.gateway.db, busy_timeout_ms=cfg.gateway.busy_timeout_ms)
+    except StoreError as e:
+        raise _Exit(1, f"cannot open the store: {e}") from None
+
+
+def _handler(fn: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args))
+        except _Exit as e:
+            return _fail(e.code, str(e))
+        except StoreError as e:
+            return _fail(1, f"store: {e}")
+
+    run.__doc__ = fn.__doc__
+    return run
+
+
+def _iso(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    t = from_ms(ms)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 100000}Z"
+
+
+def _iso_s(ms: int | None) -> str:
+    return "-" if ms is None else from_ms(ms).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(text: str, now: dt.datetime | None = None) -> int:
+    """ISO-8601 (UTC unless it says otherwise) or a time ago (10m, 2h); Unix ms."""
+    m = _RELATIVE.match(text.strip())
+    if m:
+        now = now or dt.datetime.now(dt.UTC)
+        return to_ms(now - dt.timedelta(seconds=float(m[1]) * _UNITS[m[2]]))
+    try:
+        t = dt.datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        raise _Exit(1, f"bad time {text!r}: use ISO-8601 or 30s/10m/2h/1d") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return to_ms(t)
+
+
+def _resolve(store: Store, ref: str) -> Device:
+    dev = store.device(ref)
+    if dev is None and ref.isdigit():
+        dev = store.device(int(ref))
+    if dev is None:
+        raise _Exit(1, f"no device {ref!r} (see `vantrack devices list`)")
+    return dev
+
+
+def _table(headers: list[str], rows: Iterable[list[str]], right: set[int]) -> None:
+    rows = list(rows)
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    print(line(headers))
+    for r in rows:
+        print(line(r))
+
+
+# ---- gateway ---------------------------------------------------------------------------
+@_handler
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from . import log, server  # aiocoap import only for the service
+
+    cfg = _config(
+        args,
+        **{
+            "gateway.bind": args.bind,
+            "gateway.port": args.port,
+            "gateway.max_report_bytes": args.max_report_bytes,
+            "gateway.busy_timeout_ms": args.busy_timeout_ms,
+            "log.format": args.log_format,
+            "log.level": args.log_level,
+        },
+    )
+    log.setup(cfg.log)
+    return server.run(cfg)
+
+
+# ---- devices ---------------------------------------------------------------------------
+def write_credentials(directory: Path, dev: Device) -> Path:
+    """<dir>/<name>.json, readable by its owner only (it holds the key)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{dev.name}.json"
+    body = json.dumps(
+        {"device_id": dev.id, "device_name": dev.name, "key": dev.key.hex()}, indent=2
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+        os.write(fd, (body + "\n").encode())
+    finally:
+        os.close(fd)
+    return path
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@_handler
+def cmd_devices_add(args: argparse.Namespace) -> int:
+    cfg = _config(args, **{"gateway.credentials_dir": args.credentials_dir})
+    if not _NAME.match(args.name):
+        return _fail(1, f"bad device name {args.name!r}: letters, digits, . _ - (max 64)")
+    if args.device_id is not None and not 0 <= args.device_id <= 0xFFFFFFFF:
+        return _fail(1, f"--id {args.device_id}: a device id is 0..4294967295")
+    store = _open(cfg)
+    try:
+        dev = store.device(args.name)
+        if dev is not None:
+            if args.device_id is not None and args.device_id != dev.id:
+                return _fail(1, f"device {dev.name} exists with id {dev.id}, not {args.device_id}")
+            if args.new_key:
+                store.set_key(dev.id, secrets.token_bytes(16))
+                dev = store.device(dev.id)
+                assert dev is not None
+                what = "new key for existing device"
+            else:
+                what = "device exists, reusing its id and key:"
+        else:
+            if args.device_id is not None and store.device(args.device_id) is not None:
+                return _fail(1, f"device id {args.device_id} is taken")
+            dev = store.add_device(args.name, secrets.token_bytes(16), args.device_id)
+            what = "added device"
+        path = write_credentials(cfg.gateway.credentials_dir, dev)
+    finally:
+        store.close()
+    print(f"{what} {dev.name} (id {dev.id}); credentials: {path}")
+    return 0
+
+
+@_handler
+def cmd_devices_list(args: argparse.Namespace) -> int:
+    store = _open(_config(args))
+    try:
+        devices = store.devices()
+    finally:
+        store.close()
+    if args.json:
+        for d in devices:
+            print(
+                json.dumps(
+                    {
+                        "device_id": d.id,
+                        "device_name": d.name,
+                        "created": _iso_s(d.created_ms),
+                        "last_seen": None if d.last_seen_ms is None else _iso_s(d.last_seen_ms),
+                        "last_seq": d.last_seq,
+                        "positions": d.positions,
+                        "events": d.events,
+                    }  # fmt: skip
+                )
+            )
+        return 0
+    _table(
+        ["id", "name", "created", "last seen", "last seq", "positions", "events"],
+        (
+            [
+                str(d.id),
+                d.name,
+                _iso_s(d.created_ms),
+                _iso_s(d.last_seen_ms),
+                "-" if d.last_seq is None else str(d.last_seq),
+                str(d.positions),
+                str(d.events),
+            ]
+            for d in devices
+        ),  # fmt: skip
+        right={0, 4, 5, 6},
+    )
+    return 0
+
+
+@_handler
+def cmd_devices_remove(args: argparse.Namespace) -> int:
+    store = _open(_config(args))
+    try:
+        dev = _resolve(store, args.device)
+        counts = {d.id: d for d in store.devices()}[dev.id]
+        store.remove_device(dev.id)
+    finally:
+        store.close()
+    print(
+        f"removed device {dev.name} (id {dev.id}); its reports are refused from now on. "
+        f"{counts.positions} positions and {counts.events} events stay in the store."
+    )
+    return 0
+
+
+# ---- positions / events ----------------------------------------------------------------
+def _query(args: argparse.Namespace, store: Store) -> Query:
+    if args.limit is not None and args.limit < 0:
+        raise _Exit(1, "--limit must be >= 0")
+    return Query(
+        device_id=None if args.device is None else _resolve(store, args.device).id,
+        since_ms=None if args.since is None else parse_time(args.since),
+        until_ms=None if args.until is None else parse_time(args.until),
+        limit=args.limit,
+    )
+
+
+def _opt(v: Any, fmt: str = "{}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _kmh(speed_dms: int | None) -> float | None:
+    return None if speed_dms is None else round(speed_dms * 0.36, 2)
+
+
+@_handler
+def cmd_positions(args: argparse.Namespace) -> int:
+    store = _open(_config(args))
+    try:
+        rows = store.positions(_query(args, store))
+        if args.json:
+            for r in rows:
+                print(
+                    json.dumps(
+                        {
+                            "device_id": r["device_id"],
+                            "device_name": r["name"],
+                            "seq": r["seq"],
+                            "time": _iso(r["time_ms"]),
+                            "lat": r["lat_e6"] / 1e6,
+                            "lon": r["lon_e6"] / 1e6,
+                            "speed_kmh": _kmh(r["speed_dms"]),
+                            "course": r["course_deg"],
+                            "hdop": None if r["hdop_x10"] is None else r["hdop_x10"] / 10,
+                            "sats": r["sats"],
+                            "received": _iso(r["received_ms"]),
+                        }  # fmt: skip
+                    )
+                )
+            return 0
+        _table(
+            ["device", "seq", "time (UTC)", "lat", "lon", "km/h", "course", "hdop", "sats"],
+            (
+                [
+                    r["name"] or f"#{r['device_id']}",
+                    str(r["seq"]),
+                    _iso(r["time_ms"]),
+                    f"{r['lat_e6'] / 1e6:.6f}",
+                    f"{r['lon_e6'] / 1e6:.6f}",
+                    _opt(_kmh(r["speed_dms"]), "{:.1f}"),
+                    _opt(r["course_deg"]),
+                    _opt(r["hdop_x10"] and r["hdop_x10"] / 10),
+                    _opt(r["sats"]),
+                ]
+                for r in rows
+            ),  # fmt: skip
+            right={1, 3, 4, 5, 6, 7, 8},
+        )
+    finally:
+        store.close()
+    return 0
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    return repr(v)
+
+
+@_handler
+def cmd_events(args: argparse.Namespace) -> int:
+    store = _open(_config(args))
+    try:
+        rows = store.events(_query(args, store))
+
+        def extra(r: Any) -> dict[str, Any]:
+            return {} if r["extra"] is None else _jsonable(cbor2.loads(r["extra"]))
+
+        if args.json:
+            for r in rows:
+                print(
+                    json.dumps(
+                        {
+                            "device_id": r["device_id"],
+                            "device_name": r["name"],
+                            "seq": r["seq"],
+                            "time": _iso(r["time_ms"]),
+                            "type": r["type"],
+                            "event": wire.event_name(r["type"]),
+                            "lat": None if r["lat_e6"] is None else r["lat_e6"] / 1e6,
+                            "lon": None if r["lon_e6"] is None else r["lon_e6"] / 1e6,
+                            "fence": r["fence"],
+                            "hdop": None if r["hdop_x10"] is None else r["hdop_x10"] / 10,
+                            "sats": r["sats"],
+                            "extra": extra(r),
+                            "received": _iso(r["received_ms"]),
+                        }  # fmt: skip
+                    )
+                )
+            return 0
+        _table(
+            ["device", "seq", "time (UTC)", "event", "lat", "lon", "fence", "extra"],
+            (
+                [
+                    r["name"] or f"#{r['device_id']}",
+                    str(r["seq"]),
+                    _iso(r["time_ms"]),
+                    wire.event_name(r["type"]),
+                    _opt(r["lat_e6"] and r["lat_e6"] / 1e6, "{:.6f}"),
+                    _opt(r["lon_e6"] and r["lon_e6"] / 1e6, "{:.6f}"),
+                    _opt(r["fence"]),
+                    json.dumps(extra(r)) if r["extra"] is not None else "-",
+                ]
+                for r in rows
+            ),  # fmt: skip
+            right={1, 4, 5},
+        )
+    finally:
+        store.close()
+    return 0
+
+
+# ---- decode ----------------------------------------------------------------------------
+def _read_payload(arg: str) -> bytes:
+    if arg != "-":
+        try:
+            return bytes.fromhex(arg.replace(" ", ""))
+        except ValueError:
+            raise _Exit(1, "the payload argument must be hex (or '-' for stdin)") from None
+    data = sys.stdin.buffer.read()
+    text = re.sub(rb"\s+", b"", data)
+    if text and re.fullmatch(rb"[0-9A-Fa-f]+", text) and len(text) % 2 == 0:
+        return bytes.fromhex(text.decode())
+    return data
+
+
+def describe(report: wire.Report) -> list[str]:
+    """The decoded fields of a report, one line each."""
+    lines = [
+        f"device {report.device_id}  seq {report.seq}..{report.last_seq}"
+        f"  ({len(report.records)} records)",
+        f"t0 {report.t0} = {wire.gps_time(report.t0):%Y-%m-%dT%H:%M:%SZ}",
+        f"mac {report.mac.hex()}",
+    ]
+    for r in report.records:
+        t = _iso(to_ms(r.time))
+        if isinstance(r, wire.Position):
+            speed = "--" if r.speed_dms is None else f"{r.speed_dms * 0.36:.1f}"
+            quality = "" if r.hdop_x10 is None else f"  hdop {r.hdop_x10 / 10} sats {r.sats}"
+            lines.append(
+                f"  {r.seq:>10}  {t}  position {r.lat:.6f} {r.lon:.6f}  {speed} km/h"
+                f"  course {_opt(r.course_deg)}{quality}"
+            )
+        else:
+            pos = (
+                ""
+                if r.lat_e6 is None or r.lon_e6 is None
+                else f" {r.lat_e6 / 1e6:.6f} {r.lon_e6 / 1e6:.6f}"
+            )
+            fence = "" if r.fence is None else f"  fence {r.fence}"
+            extra = f"  {_jsonable(r.extra)}" if r.extra else ""
+            lines.append(f"  {r.seq:>10}  {t}  {r.name}{pos}{fence}{extra}")
+    return lines
+
+
+@_handler
+def cmd_decode(args: argparse.Namespace) -> int:
+    payload = _read_payload(args.payload)
+    try:
+        print(wire.diagnostic(payload))
+    except Exception as e:  # cbor-diag raises assorted errors on non-CBOR
+        print(f"(no CBOR diagnostic: {str(e)[:100] or type(e).__name__})")
+    try:
+        report = wire.decode(payload)
+    except wire.WireError as e:
+        return _fail(1, f"not a valid report: {e.reason}: {e.detail}")
+    except (OverflowError, ValueError) as e:
+        return _fail(1, f"not a valid report: {e}")
+    print()
+    for line in describe(report):
+        print(line)
+    if args.verify:
+        store = _open(_config(args))
+        try:
+            key = store.device_key(report.device_id)
+        finally:
+            store.close()
+        if key is None:
+            return _fail(1, f"mac: device {report.device_id} is not registered")
+        if not wire.verify(report, key):
+            return _fail(1, "mac: BAD (does not verify with the registered key)")
+        print("mac: ok")
+    return 0

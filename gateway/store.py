@@ -1,0 +1,408 @@
+"""The local store: devices, positions and events in one SQLite database.
+
+`Store` is the synchronous core, used directly by the command-line tools (`vantrack
+devices`, `positions`, `events`) and, inside the gateway, only through `Writer`.
+
+`Writer` gives the asyncio gateway a store that never blocks its event loop: one
+dedicated thread (a single-worker executor) opens the connection and runs every
+statement on it. Why a single owned thread and not `asyncio.to_thread` per call: SQLite
+has one writer at a time anyway, so a pool would only add lock contention; a connection
+used by exactly one thread needs no locking of our own (sqlite3's check_same_thread
+stays on and proves it); and the commit order is the order the reports arrived.
+
+Durability: WAL journal with synchronous=FULL. In WAL mode NORMAL can lose the last
+commits on power loss or an OS crash (they are in the WAL but not yet fsynced), and the
+gateway answers 2.04 only after the commit, upon which the van deletes the records: the
+ack must mean "on disk". FULL fsyncs the WAL at every commit; `vantrack bench gateway`
+shows the price. Each report is one transaction (BEGIN IMMEDIATE, so a lock held by
+another process is met before any row is written, after `busy_timeout_ms`).
+
+Records are keyed by (device_id, seq) and inserted with INSERT OR IGNORE: a repeated or
+re-batched report stores only the records not seen before. Times are integers: device
+(GPS) time and gateway receive time as Unix milliseconds UTC.
+
+It does not decode, authenticate or speak CoAP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from . import wire
+
+SCHEMA_VERSION = 1
+MAX_DEVICE_ID = 0xFFFFFFFF
+_INT64 = (-(2**63), 2**63 - 1)
+UNIX_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    id           INTEGER PRIMARY KEY,     -- the device id on the wire (report key 1)
+    name         TEXT NOT NULL UNIQUE,
+    key          BLOB NOT NULL,           -- 128-bit HMAC key (wire.mac)
+    created_ms   INTEGER NOT NULL,        -- Unix ms UTC
+    last_seen_ms INTEGER,                 -- gateway time of the last stored report
+    last_seq     INTEGER                  -- highest seq stored
+);
+CREATE TABLE IF NOT EXISTS positions (
+    device_id   INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    time_ms     INTEGER NOT NULL,         -- device (GPS) time, Unix ms UTC
+    lat_e6      INTEGER NOT NULL,         -- microdegrees
+    lon_e6      INTEGER NOT NULL,
+    speed_dms   INTEGER,                  -- decimetres per second
+    course_deg  INTEGER,
+    hdop_x10    INTEGER,
+    sats        INTEGER,
+    received_ms INTEGER NOT NULL,         -- gateway time
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    device_id   INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    time_ms     INTEGER NOT NULL,
+    type        INTEGER NOT NULL,         -- wire.EventType
+    lat_e6      INTEGER,
+    lon_e6      INTEGER,
+    fence,                                -- stop or zone id: integer or text
+    hdop_x10    INTEGER,
+    sats        INTEGER,
+    extra       BLOB,                     -- CBOR map of the type-specific keys, or NULL
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+"""
+
+PositionRow = tuple[int, int, int, int, int, int | None, int | None, int | None, int | None, int]
+EventRow = tuple[
+    int, int, int, int, int | None, int | None, int | str | None, int | None, int | None,
+    bytes | None, int,
+]  # fmt: skip
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (locked, read-only, full, corrupt...)."""
+
+
+class UnstorableReport(ValueError):
+    """A verified report holding a value the store cannot keep (an integer beyond 64 bits)."""
+
+
+def to_ms(t: dt.datetime) -> int:
+    us = (t - UNIX_EPOCH) // dt.timedelta(microseconds=1)
+    return (us + 500) // 1000
+
+
+def from_ms(ms: int) -> dt.datetime:
+    return UNIX_EPOCH + dt.timedelta(milliseconds=ms)
+
+
+def now_ms() -> int:
+    return to_ms(dt.datetime.now(dt.UTC))
+
+
+def _int(name: str, v: int | None) -> int | None:
+    if v is not None and not _INT64[0] <= v <= _INT64[1]:
+        raise UnstorableReport(f"{name} {v} does not fit 64 bits")
+    return v
+
+
+def report_rows(report: wire.Report, received_ms: int) -> tuple[list[PositionRow], list[EventRow]]:
+    """The rows a report becomes. Raises UnstorableReport for values SQLite cannot hold
+    (the CDDL leaves some integers unbounded)."""
+    positions: list[PositionRow] = []
+    events: list[EventRow] = []
+    d = report.device_id
+    for r in report.records:
+        if isinstance(r, wire.Position):
+            positions.append(
+                (d, r.seq, to_ms(r.time), r.lat_e6, r.lon_e6, _int("speed", r.speed_dms),
+                 r.course_deg, _int("hdop", r.hdop_x10), _int("sats", r.sats), received_ms)
+            )  # fmt: skip
+        else:
+            fence = r.fence if isinstance(r.fence, str) else _int("fence", r.fence)
+            try:
+                extra = cbor2.dumps(r.extra, canonical=True) if r.extra else None
+            except (cbor2.CBOREncodeError, TypeError, ValueError) as e:
+                raise UnstorableReport(f"event extra keys: {e}") from None
+            events.append(
+                (d, r.seq, to_ms(r.time), r.type, _int("lat", r.lat_e6), _int("lon", r.lon_e6),
+                 fence, _int("hdop", r.hdop_x10), _int("sats", r.sats), extra, received_ms)
+            )  # fmt: skip
+    return positions, events
+
+
+@dataclass(frozen=True)
+class Device:
+    id: int
+    name: str
+    key: bytes
+    created_ms: int
+    last_seen_ms: int | None
+    last_seq: int | None
+    positions: int = 0
+    events: int = 0
+
+
+@dataclass(frozen=True)
+class Saved:
+    new_records: int  # records not stored before
+    highest_seq: int | None  # highest seq now stored for the device
+
+
+@dataclass(frozen=True)
+class Query:
+    device_id: int | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    limit: int | None = None
+
+
+class Store:
+    """One connection to the database, used by one thread."""
+
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 2000) -> None:
+        try:
+            self.conn = sqlite3.connect(
+                str(path), timeout=busy_timeout_ms / 1000, isolation_level=None
+            )
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            if self.conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                with self._transaction():
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            self.conn.execute(statement)
+                    self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as e:
+            raise StoreError(f"{path}: {e}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _transaction(self) -> _Tx:
+        return _Tx(self.conn)
+
+    # ---- devices ---------------------------------------------------------------------
+    def device(self, ref: int | str) -> Device | None:
+        """A device by numeric id or by name."""
+        col = "id" if isinstance(ref, int) else "name"
+        row = self.conn.execute(
+            f"SELECT id, name, key, created_ms, last_seen_ms, last_seq FROM devices "
+            f"WHERE {col} = ?",
+            (ref,),
+        ).fetchone()
+        return None if row is None else Device(*row)
+
+    def device_key(self, device_id: int) -> bytes | None:
+        try:
+            row = self.conn.execute("SELECT key FROM devices WHERE id = ?", (device_id,)).fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from None
+        return None if row is None else bytes(row[0])
+
+    def next_device_id(self) -> int:
+        # Never reuse an id that still has records from a removed device.
+        row = self.conn.execute(
+            "SELECT max(coalesce((SELECT max(id) FROM devices), 0),"
+            " coalesce((SELECT max(device_id) FROM positions), 0),"
+            " coalesce((SELECT max(device_id) FROM events), 0))"
+        ).fetchone()
+        return int(row[0]) + 1
+
+    def add_device(self, name: str, key: bytes, device_id: int | None = None) -> Device:
+        try:
+            with self._transaction():
+                if device_id is None:
+                    device_id = self.next_device_id()
+                created = now_ms()
+                self.conn.execute(
+                    "INSERT INTO devices (id, name, key, created_ms) VALUES (?, ?, ?, ?)",
+                    (device_id, name, key, created),
+                )
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"device id {device_id} or name {name!r} already taken") from e
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from None
+        return Device(device_id, name, key, created, None, None)
+
+    def set_key(self, device_id: int, key: bytes) -> None:
+        with self._transaction():
+            self.conn.execute("UPDATE devices SET key = ? WHERE id = ?", (key, device_id))
+
+    def remove_device(self, device_id: int) -> None:
+        """Forget the device (its key, so its reports get 4.01); stored records stay."""
+        with self._transaction():
+            self.conn.execute("DELETE FROM devices WHERE id = ?", (device_id,))
+
+    def devices(self) -> list[Device]:
+        rows = self.conn.execute(
+            "SELECT d.id, d.name, d.key, d.created_ms, d.last_seen_ms, d.last_seq,"
+            " (SELECT count(*) FROM positions p WHERE p.device_id = d.id),"
+            " (SELECT count(*) FROM events e WHERE e.device_id = d.id)"
+            " FROM devices d ORDER BY d.id"
+        ).fetchall()
+        return [Device(*r) for r in rows]
+
+    # ---- records ---------------------------------------------------------------------
+    def save(
+        self, device_id: int, positions: Sequence[PositionRow], events: Sequence[EventRow],
+        received_ms: int,
+    ) -> Saved:  # fmt: skip
+        """Store one report's rows in one transaction; raises StoreError, having rolled
+        back, if anything fails."""
+        try:
+            with self._transaction():
+                before = self.conn.total_changes
+                if positions:
+                    self.conn.executemany(
+                        "INSERT OR IGNORE INTO positions VALUES (?,?,?,?,?,?,?,?,?,?)", positions
+                    )
+                if events:
+                    self.conn.executemany(
+                        "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?)", events
+                    )
+                new = self.conn.total_changes - before
+                highest = self.conn.execute(
+                    "SELECT max(s) FROM (SELECT max(seq) AS s FROM positions WHERE device_id = ?1"
+                    " UNION ALL SELECT max(seq) FROM events WHERE device_id = ?1)",
+                    (device_id,),
+                ).fetchone()[0]
+                self.conn.execute(
+                    "UPDATE devices SET last_seen_ms = ?, last_seq = ? WHERE id = ?",
+                    (received_ms, highest, device_id),
+                )
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from None
+        return Saved(new, highest)
+
+    def _where(self, q: Query) -> tuple[str, list[Any]]:
+        clauses, params = [], []
+        if q.device_id is not None:
+            clauses.append("device_id = ?")
+            params.append(q.device_id)
+        if q.since_ms is not None:
+            clauses.append("time_ms >= ?")
+            params.append(q.since_ms)
+        if q.until_ms is not None:
+            clauses.append("time_ms <= ?")
+            params.append(q.until_ms)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        limit = ""
+        if q.limit is not None:
+            limit = " LIMIT ?"
+            params.append(q.limit)
+        return where + " ORDER BY device_id, time_ms, seq" + limit, params
+
+    def positions(self, q: Query) -> Iterator[sqlite3.Row]:
+        where, params = self._where(q)
+        self.conn.row_factory = sqlite3.Row
+        try:
+            yield from self.conn.execute(
+                "SELECT p.*, (SELECT name FROM devices d WHERE d.id = p.device_id) AS name"
+                " FROM positions p" + where,
+                params,
+            )
+        finally:
+            self.conn.row_factory = None
+
+    def events(self, q: Query) -> Iterator[sqlite3.Row]:
+        where, params = self._where(q)
+        self.conn.row_factory = sqlite3.Row
+        try:
+            yield from self.conn.execute(
+                "SELECT e.*, (SELECT name FROM devices d WHERE d.id = e.device_id) AS name"
+                " FROM events e" + where,
+                params,
+            )
+        finally:
+            self.conn.row_factory = None
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+
+class Writer:
+    """The gateway's asynchronous handle on the store: one thread owns the connection."""
+
+    def __init__(self, path: Path, *, busy_timeout_ms: int) -> None:
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="store-writer"
+        )
+        self._local = threading.local()
+
+    def _store(self) -> Store:
+        store: Store | None = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = Store(self._path, busy_timeout_ms=self._busy_timeout_ms)
+        return store
+
+    async def _run(self, fn: str, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: getattr(self._store(), fn)(*args))
+
+    async def open(self) -> None:
+        """Open (and create or migrate) the database now, so a bad path fails at start."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._store)
+
+    async def device_key(self, device_id: int) -> bytes | None:
+        key: bytes | None = await self._run("device_key", device_id)
+        return key
+
+    async def save(
+        self, device_id: int, positions: list[PositionRow], events: list[EventRow],
+        received_ms: int,
+    ) -> Saved:  # fmt: skip
+        saved: Saved = await self._run("save", device_id, positions, events, received_ms)
+        return saved
+
+    async def close(self) -> None:
+        """Finish the statements already queued, then close the connection."""
+
+        def _close() -> None:
+            store = getattr(self._local, "store", None)
+            if store is not None:
+                store.close()
+                self._local.store = None
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, _close)
+        self._executor.shutdown(wait=True)
