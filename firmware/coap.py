@@ -104,7 +104,17 @@ class Udp:
                     self.errors += 1
                     await asyncio.sleep_ms(50)
                 continue
-            self.on_datagram(data)
+            except MemoryError:
+                # A full heap must not end the receive task (every later request would
+                # time out): lose this datagram, let the GC catch up, retransmission
+                # recovers it.
+                self.errors += 1
+                await asyncio.sleep_ms(50)
+                continue
+            try:
+                self.on_datagram(data)
+            except MemoryError:
+                self.errors += 1
 
     def close(self):
         if self.task:

@@ -10,7 +10,10 @@ import log
 READ_CHUNK = 256
 
 
-async def run(stream, parser, exit_on_eof=False):
+async def run(stream, parser, exit_on_eof=False, gate=None):
+    # gate: optional object with a `blocked` flag and a `space` Event; while blocked the
+    # reader waits (the bytes stay in the UART/pty buffer) instead of deciding records
+    # nobody can keep.
     buf = bytearray(READ_CHUNK)
     mv = memoryview(buf)
     while True:
@@ -24,6 +27,8 @@ async def run(stream, parser, exit_on_eof=False):
                 log.warn("gps", "read_error", errno=err)
         if n:
             parser.feed(buf, n)
+            if gate is not None and gate.blocked:
+                await gate.space.wait()
             continue
         if exit_on_eof:
             parser.flush()

@@ -15,12 +15,15 @@ import nmea
 VERSION = "0.1.0"
 # Parser counters are logged every this many GPS seconds.
 STATS_EVERY_S = 60
+# When a replay ends (sim board), how long to wait for the last reports to be delivered.
+DRAIN_MS = 30000
 
 
 class Tracker:
-    def __init__(self, board, cfg):
+    def __init__(self, board, cfg, uplink=None):
         self.board = board
         self.cfg = cfg
+        self.uplink = uplink
         self.echo = cfg["echo_fixes"]
         self.parser = nmea.Parser(self.on_fix)
         self.fixes = 0
@@ -35,6 +38,8 @@ class Tracker:
         if fix.valid:
             self.valid_fixes += 1
             self.last_t = fix.t
+            if self.uplink is not None and fix.t is not None:
+                self.uplink.add_fix(fix)
         self.board.led(fix.valid)
         if self.echo:
             self._echo(fix)
@@ -76,9 +81,40 @@ class Tracker:
             drops=p.drops,
             mem_free=gc.mem_free(),
         )
+        if self.uplink is not None:
+            log.info("uplink", "stats", **self.uplink.stats())
 
     async def run(self):
-        await gps.run(self.board.gps_stream(), self.parser, self.board.gps_eof_exits)
+        up = self.uplink
+        sender = None if up is None else asyncio.create_task(up.run())
+        try:
+            await gps.run(self.board.gps_stream(), self.parser, self.board.gps_eof_exits, up)
+            # Only the sim board's replay ends: deliver what is left before stopping.
+            if up is not None and not await up.drain(DRAIN_MS):
+                log.warn("uplink", "undelivered", queued=len(up.queue))
+        finally:
+            if sender is not None:
+                sender.cancel()
+            if up is not None:
+                up.client.close()
+
+
+def _uplink(cfg, flash_dir):
+    # Reporting needs a provisioned identity and a gateway; without them the van still
+    # tracks (and logs why it does not report).
+    if not (cfg["device_id"] and cfg["key"] and cfg["gateway_host"]):
+        log.warn("uplink", "not_provisioned", reason="device_id, key and gateway_host needed")
+        return None
+    import coap
+    import report
+    import uplink
+
+    # Datagrams: our largest report plus CoAP header/options; responses are smaller.
+    size = cfg["report_max_records"] * report.POSITION_MAX + report.ENVELOPE_MAX + 64
+    gc.collect()  # buffers need contiguous heap: collect the import garbage first
+    client = coap.Client(cfg["gateway_host"], cfg["gateway_port"], rx_size=max(size, 512))
+    log.info("uplink", "gateway", host=cfg["gateway_host"], port=cfg["gateway_port"])
+    return uplink.Uplink(cfg, flash_dir, client)
 
 
 def main(board):
@@ -86,7 +122,7 @@ def main(board):
     board.configure(cfg)
     info = board.describe()
     log.info("boot", "start", version=VERSION, device=cfg["device_name"] or "-", **info)
-    t = Tracker(board, cfg)
+    t = Tracker(board, cfg, _uplink(cfg, board.flash_dir))
     try:
         asyncio.run(t.run())
     finally:

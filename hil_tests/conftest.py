@@ -25,6 +25,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[rig.GatewayProcess]:
+    """A real `vantrack gateway` process on loopback with its own store."""
+    with rig.GatewayProcess(
+        tmp_path / "gateway", config="[gateway]\nstats_interval_s = 0.5\n"
+    ) as gw:
+        yield gw
+
+
+@pytest.fixture
 def van(tmp_path: Path) -> Iterator[Callable[..., rig.SimVan]]:
     """Factory for started vans on the selected rig; every van is stopped at teardown."""
     started: list[rig.SimVan] = []

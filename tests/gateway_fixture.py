@@ -14,9 +14,6 @@ import contextlib
 import json
 import os
 import re
-import select
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,17 +24,14 @@ from pathlib import Path
 import aiocoap
 
 from vantrack.gateway import wire
+from vantrack.tools import rig
+from vantrack.tools.rig import free_udp_port, stop_process
+
+__all__ = ["free_udp_port", "stop_process"]
 
 CLI = [sys.executable, "-m", "vantrack.tools.cli"]
 START_TIMEOUT_S = 20.0
 T0 = 800_000_000  # GPS seconds: 2025-05-08
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def vantrack(*args: str, cwd: Path | None = None, stdin: bytes | None = None,
@@ -109,54 +103,15 @@ class Gateway:
 
 @contextlib.contextmanager
 def running_gateway(tmp: Path, *extra: str, db: Path | None = None) -> Iterator[Gateway]:
-    db = db or tmp / "gw.db"
-    port = free_udp_port()
-    log_path = tmp / f"gateway-{port}.log"
-    config = tmp / f"gateway-{port}.toml"
-    config.write_text("[gateway]\nstats_interval_s = 0.2\n")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [*CLI, "gateway", "--bind", "127.0.0.1", "--port", str(port), "--db", str(db),
-             "--config", str(config), *extra],
-            stdout=subprocess.PIPE, stderr=log,
-        )  # fmt: skip
-    gw = Gateway(port, db, log_path, proc)
+    proc = rig.GatewayProcess(
+        tmp, *extra, db=db or tmp / "gw.db", config="[gateway]\nstats_interval_s = 0.2\n"
+    )
+    proc.start()
+    assert proc.proc is not None
     try:
-        assert proc.stdout is not None
-        line = _readline(proc, START_TIMEOUT_S)
-        assert line == f"gateway listening on 127.0.0.1:{port}\n", (line, gw.log())
-        yield gw
+        yield Gateway(proc.port, proc.db, proc.log_path, proc.proc)
     finally:
-        stop(proc)
-
-
-def _readline(proc: subprocess.Popen[bytes], timeout: float) -> str:
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while not buf.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return buf.decode(errors="replace")
-        chunk = os.read(fd, 1)
-        if not chunk:
-            break
-        buf += chunk
-    return buf.decode(errors="replace")
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
-    return proc.returncode
+        proc.stop()
 
 
 def positions(device: int, seq: int, n: int, t0: int = T0) -> list[wire.Record]:

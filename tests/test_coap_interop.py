@@ -27,16 +27,11 @@ import pytest
 from aiocoap import ACK, CON, NON, RST, Code, Message
 
 from vantrack.tools import mpy
+from vantrack.tools.rig import free_udp_port
 
 DRIVER = Path(__file__).resolve().parent.parent / "tools" / "mp" / "coap_post.py"
 CBOR_FIX = bytes.fromhex("a3016576616e2d37021a00bc614e0382fb404a000000000000fb4022000000000000")
 FAST = ("--ack-timeout-ms", "60")  # RFC default is 2000; shrunk so loss tests run quickly
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parse_output(proc_out: bytes) -> tuple[list[dict[str, Any]], dict[str, int]]:

@@ -55,7 +55,7 @@ def test_sigint_stops_the_gateway_cleanly_with_its_counters_logged(tmp_path: Pat
     import json
     import signal
 
-    from gateway_fixture import stop
+    from gateway_fixture import stop_process as stop
 
     with running_gateway(tmp_path, "--log-format", "json") as gw:
         gw.proc.send_signal(signal.SIGINT)

@@ -1,8 +1,11 @@
-"""`vantrack demo`: simulated vans drive sample routes through the real firmware.
+"""`vantrack demo`: simulated vans drive sample routes and report into a real gateway.
 
-Each van is a SimVan (tools/rig.py): gps-sim on its own pty, the firmware under
-`micropython -X heapsize=64K` on the sim board. The fixes the firmware decodes scroll by;
-at the end each van's parser statistics are printed. Ctrl-C stops everything cleanly.
+Everything runs here, no hardware and no server to install: `vantrack gateway` (aiocoap,
+SQLite store) on a loopback port, and per van gps-sim on its own pty feeding the
+firmware under the MicroPython unix port on the sim board, which decides fixes and sends
+CBOR reports over CoAP, exactly as on the ESP32. A live line shows positions arriving in
+the store; at the end each van's figures are compared with what the store holds.
+Ctrl-C stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import argparse
 import queue
 import shutil
+import signal
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -19,28 +24,35 @@ from typing import Any
 
 from . import rig
 
-DEFAULT_ROUTES = ["urban-round", "highway-run"]
+DEFAULT_ROUTES = ["urban-round", "highway-run", "sao-paulo-paulista"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
-        help="simulated vans drive sample routes through the firmware (no hardware needed)",
+        help="simulated vans report into a local gateway (no hardware, no server to install)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--route", action="append", metavar="NAME|FILE",
-        help="route to drive (sample name or GPX/GeoJSON/NMEA file); repeat for several vans "
-        f"(default: {' and '.join(DEFAULT_ROUTES[:1])})",
+        help="route to drive (sample name or GPX/GeoJSON/NMEA file); repeat for several "
+        f"(default: {', '.join(DEFAULT_ROUTES)})",
     )  # fmt: skip
-    p.add_argument("--vans", type=int, default=1, help="number of vans (default 1)")
+    p.add_argument("--vans", type=int, default=3, help="number of vans (default 3)")
     p.add_argument(
         "--speedup", type=float, default=30.0,
         help="replay speed-up over real time (default 30); 0 = as fast as the firmware reads",
     )  # fmt: skip
     p.add_argument("--rate", type=float, default=1.0, help="GPS output rate in Hz (default 1)")
-    p.add_argument("--every", type=int, default=1, help="print every Nth fix (default 1)")
+    p.add_argument(
+        "--fixes", type=int, default=0, metavar="N",
+        help="also print every Nth fix each van decides (default: only the progress line)",
+    )  # fmt: skip
+    p.add_argument(
+        "--dir", type=Path,
+        help="keep the gateway's store and logs here (default: a temporary directory)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -48,47 +60,86 @@ def _fmt_fix(name: str, fix: dict[str, Any]) -> str:
     time_s = (fix["time"] or "--")[11:19] + "Z"
     if not fix["valid"]:
         return f"{name:<7} {time_s}  no fix (quality {fix['quality']}, sats {fix['sats']})"
-    speed = fix["speed_mps"]
-    course = fix["course_deg"]
-    parts = [
-        f"{name:<7} {time_s}",
-        f"{fix['lat']:10.6f} {fix['lon']:11.6f}",
+    speed, course = fix["speed_mps"], fix["course_deg"]
+    return "  ".join([
+        f"{name:<7} {time_s}", f"{fix['lat']:10.6f} {fix['lon']:11.6f}",
         "   -- km/h" if speed is None else f"{speed * 3.6:6.1f} km/h",
         "  --" if course is None else f"{course:4.0f}°",
         f"sats {fix['sats'] if fix['sats'] is not None else '-':>2}",
-        f"hdop {fix['hdop'] if fix['hdop'] is not None else '-'}",
-    ]
-    return "  ".join(parts)
+    ])  # fmt: skip
+
+
+def _store_counts(db: Path) -> dict[int, tuple[int, int | None]]:
+    """device id -> (positions stored, latest device time in ms)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            rows = conn.execute(
+                "SELECT device_id, count(*), max(time_ms) FROM positions GROUP BY device_id"
+            ).fetchall()
+    except sqlite3.Error:
+        return {}
+    return {dev: (n, t) for dev, n, t in rows}
+
+
+class _Progress:
+    """One live status line on a terminal; a line every few seconds otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def show(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tty:
+            sys.stderr.write("\r\033[K" + text)
+            sys.stderr.flush()
+        elif force or now - self.last >= 5:
+            print(text, file=sys.stderr, flush=True)
+            self.last = now
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
 
 
 def run(args: argparse.Namespace) -> int:
-    routes = args.route or DEFAULT_ROUTES[:1]
+    routes = args.route or DEFAULT_ROUTES
     try:
         paths = [rig.sample_route(r) for r in routes]
     except FileNotFoundError as e:
         print(f"vantrack demo: {e}", file=sys.stderr)
         return 2
-    n = max(args.vans, len(paths))
+    n = max(args.vans, 1)
     speedup = None if args.speedup == 0 else args.speedup
-    workdir = Path(tempfile.mkdtemp(prefix="vantrack-demo-"))
-    vans = []
+    workdir = args.dir or Path(tempfile.mkdtemp(prefix="vantrack-demo-"))
+    vans: list[tuple[str, rig.SimVan, dict[str, Any]]] = []
     lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
-    print(
-        f"vantrack demo: {n} van(s), firmware under micropython -X heapsize=64K, "
-        f"GPS from gps-sim over a pty, x{args.speedup:g} real time. Ctrl-C stops.",
-        file=sys.stderr,
-    )
+    gateway = rig.GatewayProcess(workdir / "gateway")
+    pace = "as fast as the firmware reads" if speedup is None else f"x{speedup:g} real time"
+    print(f"vantrack demo: gateway + {n} van(s), {pace}. Ctrl-C stops.", file=sys.stderr)
+    progress = _Progress()
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the demo like Ctrl-C does
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
+        gateway.start()
+        print(f"gateway on coap://127.0.0.1:{gateway.port}/r, store {gateway.db}",
+              file=sys.stderr)  # fmt: skip
         for i in range(n):
             name = f"van-{i + 1}"
             route = paths[i % len(paths)]
+            cfg = gateway.van_config(name)
             van = rig.SimVan(
-                route, workdir / name, rate_hz=args.rate, speedup=speedup,
-                sim_args=["--seed", str(i + 1)],
+                route, workdir / name, rate_hz=args.rate, speedup=speedup, config=cfg,
+                echo=True, sim_args=["--seed", str(i + 1)],
             )  # fmt: skip
             van.start()
-            print(f"{name}: route {route.name}, GPS on {van.pty_path}", file=sys.stderr)
-            vans.append((name, van))
+            print(f"{name}: id {cfg['device_id']}, route {route.name}, GPS on {van.pty_path},"
+                  f" firmware under micropython -X heapsize={van.heap}",
+                  file=sys.stderr)  # fmt: skip
+            vans.append((name, van, cfg))
 
             def pump(name: str = name, van: rig.SimVan = van) -> None:
                 for line in van.console():
@@ -98,33 +149,63 @@ def run(args: argparse.Namespace) -> int:
             threading.Thread(target=pump, daemon=True).start()
 
         running = n
-        counts = {name: 0 for name, _ in vans}
-        stats: dict[str, str] = {}
+        decided = {name: 0 for name, _, _ in vans}
+        stats: dict[str, list[str]] = {name: [] for name, _, _ in vans}
         started = time.monotonic()
+        next_poll = 0.0
         while running:
-            name, line = lines.get()
+            try:
+                name, line = lines.get(timeout=0.25)
+            except queue.Empty:
+                name, line = "", ""
             if line is None:
                 running -= 1
-                continue
-            fix = rig.parse_fix_line(line)
-            if fix is None:
-                if " gps stats " in f" {line} ":
-                    stats[name] = line
-                elif line.startswith(("E ", "W ")) or "Traceback" in line:
-                    print(f"{name:<7} {line}", file=sys.stderr)
-                continue
-            counts[name] += 1
-            if counts[name] % args.every == 0:
-                print(_fmt_fix(name, fix), flush=True)
-        elapsed = time.monotonic() - started
-        print(f"\ndone in {elapsed:.1f} s", file=sys.stderr)
-        for name, _ in vans:
-            print(f"{name}: {counts[name]} fixes; {stats.get(name, '')}", file=sys.stderr)
-        return 0
+            elif line:
+                fix = rig.parse_fix_line(line)
+                if fix is None:
+                    if line.startswith("I ") and " stats " in line:
+                        stats[name].append(line)
+                    elif line.startswith(("E ", "W ")) or "Error" in line:
+                        progress.show(f"{name:<7} {line}", force=True)
+                        progress.done()
+                elif fix["valid"]:
+                    decided[name] += 1
+                    if args.fixes and decided[name] % args.fixes == 0:
+                        progress.show(_fmt_fix(name, fix), force=True)
+                        progress.done()
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + 0.5
+                counts = _store_counts(gateway.db)
+                total = sum(c for c, _ in counts.values())
+                per_van = "  ".join(
+                    f"{name} {counts.get(cfg['device_id'], (0, None))[0]}/{decided[name]}"
+                    for name, _, cfg in vans
+                )
+                elapsed = time.monotonic() - started
+                progress.show(f"[{elapsed:6.1f}s] stored {total} positions  |  {per_van}")
+        progress.done()
+        counts = _store_counts(gateway.db)
+        print(f"\ndone in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        print(f"{'van':<8}{'decided':>9}{'stored':>9}  firmware", file=sys.stderr)
+        lost = 0
+        for name, _, cfg in vans:
+            got = counts.get(cfg["device_id"], (0, None))[0]
+            lost += max(decided[name] - got, 0)
+            last = stats[name][-1] if stats[name] else ""
+            print(f"{name:<8}{decided[name]:>9}{got:>9}  {last}", file=sys.stderr)
+        print(
+            f"\nthe store: vantrack positions --db {gateway.db} --limit 5"
+            + ("" if args.dir else "  (temporary: use --dir to keep it)"),
+            file=sys.stderr,
+        )
+        return 1 if lost else 0
     except KeyboardInterrupt:
-        print("\nstopping vans...", file=sys.stderr)
+        progress.done()
+        print("\nstopping vans and gateway...", file=sys.stderr)
         return 130
     finally:
-        for _, van in vans:
+        for _, van, _ in vans:
             van.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        gateway.stop()
+        if not args.dir:
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -22,6 +22,12 @@ FIRMWARE_DIR = REPO_ROOT / "firmware"
 MPY_CACHE = REPO_ROOT / "build" / "mpy"
 # Heap of an ESP32 without PSRAM once Wi-Fi and the runtime have taken their share.
 DEFAULT_HEAP = "64K"
+# The whole reporting firmware (GPS + reports + CoAP) on this 64-bit unix port. Objects
+# and bytecode structures here are up to twice their size on the 32-bit ESP32, and the
+# firmware's bytecode (~48 KB of this heap after import, measured) sits in the heap; on a
+# van it runs frozen or from ROMFS in flash. 64K fails at import; 80K runs but with the
+# heap so full that datagrams get dropped; 96K leaves ~14 KB free in steady state.
+REPORTING_HEAP = "96K"
 
 
 class MicroPythonNotFound(RuntimeError):
@@ -92,7 +98,13 @@ def mp_env(extra_path: Sequence[os.PathLike[str] | str] = ()) -> dict[str, str]:
 def mp_command(
     script: os.PathLike[str] | str, args: Sequence[str] = (), heap: str = DEFAULT_HEAP
 ) -> list[str]:
-    return [micropython_binary(), "-X", f"heapsize={heap}", str(script), *args]
+    """`script` is a file path, or `-m NAME` to run a compiled firmware module."""
+    target = str(script).split(" ", 1) if str(script).startswith("-m ") else [str(script)]
+    return [micropython_binary(), "-X", f"heapsize={heap}", *target, *args]
+
+
+# The firmware's entry point as the device runs it: main.mpy, not main.py compiled on boot.
+FIRMWARE_MAIN = "-m main"
 
 
 def run(

@@ -1,9 +1,11 @@
-"""The simulated rig: a van's firmware under MicroPython, fed by gps-sim over a pty.
+"""The simulated rig: vans' firmware under MicroPython fed by gps-sim, and a gateway.
 
 A `SimVan` is two processes joined by real serial: `vantrack gps-sim --pty` plays a
 route into a fresh pty pair, and the firmware's main.py runs under the `micropython`
 binary (heap capped like an ESP32's) on the sim board, reading that pty through its board
-layer exactly as the ESP32 reads its UART. Used by the demo and by hil_tests/.
+layer exactly as the ESP32 reads its UART. A `GatewayProcess` is `vantrack gateway` on a
+free loopback port with its own store, where the vans report. Used by the demo, the
+benchmarks and hil_tests/.
 It does not parse NMEA itself: everything it reports comes out of the firmware's console.
 """
 
@@ -11,11 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -82,16 +88,19 @@ class SimVan:
         rate_hz: float = 1.0,
         speedup: float | None = None,
         sim_args: Sequence[str] = (),
-        heap: str = mpy.DEFAULT_HEAP,
+        heap: str | None = None,
         echo: bool = True,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.route = Path(route)
         self.flash_dir = Path(flash_dir)
         self.rate_hz = rate_hz
         self.speedup = speedup
         self.sim_args = list(sim_args)
-        self.heap = heap
+        reporting = config is not None and bool(config.get("gateway_host"))
+        self.heap = heap or (mpy.REPORTING_HEAP if reporting else mpy.DEFAULT_HEAP)
         self.echo = echo
+        self.config = config
         self.sim: subprocess.Popen[bytes] | None = None
         self.fw: subprocess.Popen[bytes] | None = None
         self.pty_path: str | None = None
@@ -112,11 +121,14 @@ class SimVan:
         self.pty_path = first[5:]
         self._drain(self.sim.stderr, self._sim_stderr)
         self.flash_dir.mkdir(parents=True, exist_ok=True)
+        if self.config is not None:
+            # What provisioning writes to the van's flash (docs/hardware.md).
+            (self.flash_dir / "config.json").write_text(json.dumps(self.config))
         args = ["--gps", self.pty_path, "--flash", str(self.flash_dir), "--exit-on-eof"]
         if self.echo:
             args.append("--echo")
         self.fw = mpy.popen(
-            mpy.FIRMWARE_DIR / "main.py", args, heap=self.heap,
+            mpy.FIRMWARE_MAIN, args, heap=self.heap,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
@@ -170,6 +182,116 @@ class SimVan:
         return list(self._sim_stderr)
 
     def __enter__(self) -> SimVan:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+CLI = [sys.executable, "-m", "vantrack.tools.cli"]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return proc.returncode
+
+
+def _readline(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace")
+
+
+class GatewayProcess:
+    """`vantrack gateway` on 127.0.0.1 and a free port, with its store in `workdir`.
+
+    Its structured log (stderr) goes to `log_path`; `start()` returns once the gateway
+    printed its `gateway listening on` line, and `stop()` always ends it.
+    """
+
+    START_TIMEOUT_S = 30.0
+
+    def __init__(
+        self, workdir: os.PathLike[str] | str, *extra: str, db: Path | None = None,
+        config: str = "",
+    ) -> None:  # fmt: skip
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_udp_port()
+        self.db = db or self.workdir / "vantrack.db"
+        self.log_path = self.workdir / f"gateway-{self.port}.log"
+        self.config_path = self.workdir / f"gateway-{self.port}.toml"
+        self.config_path.write_text(config)
+        self.credentials = self.workdir / "credentials"
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [*CLI, "gateway", "--bind", "127.0.0.1", "--port", str(self.port),
+                 "--db", str(self.db), "--config", str(self.config_path), *self.extra],
+                stdout=subprocess.PIPE, stderr=log,
+            )  # fmt: skip
+        line = _readline(self.proc, self.START_TIMEOUT_S)
+        if line != f"gateway listening on 127.0.0.1:{self.port}\n":
+            self.stop()
+            raise RuntimeError(f"gateway did not start: {line!r}\n{self.log()[-2000:]}")
+
+    def stop(self) -> int | None:
+        return None if self.proc is None else stop_process(self.proc)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def add_device(self, name: str) -> dict[str, Any]:
+        """Register a van (`vantrack devices add`) and return its credentials file's content."""
+        proc = subprocess.run(
+            [*CLI, "devices", "add", name, "--db", str(self.db),
+             "--credentials-dir", str(self.credentials)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"devices add {name} failed: {proc.stderr}")
+        creds: dict[str, Any] = json.loads((self.credentials / f"{name}.json").read_text())
+        return creds
+
+    def van_config(self, name: str, **settings: Any) -> dict[str, Any]:
+        """A provisioned van's config.json for this gateway (device registered now)."""
+        creds = self.add_device(name)
+        return {
+            "device_id": creds["device_id"], "device_name": name, "key": creds["key"],
+            "gateway_host": "127.0.0.1", "gateway_port": self.port, **settings,
+        }  # fmt: skip
+
+    def __enter__(self) -> GatewayProcess:
         self.start()
         return self
 
