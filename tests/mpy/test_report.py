@@ -35,7 +35,9 @@ def test_units_are_rounded_as_the_wire_format_says():
     b.add_position(Fix(T0, 250, 1, 2, speed=8250, course=35960, hdop=85, sats=12))
     # dt 2 ds (250 ms floored), speed 83 dm/s (8250 mm/s rounded half up), course 0
     # (359.6 deg rounds to 360 = 0), hdop 9 (0.85 rounded), sats 12.
-    mptest.eq(bytes(b._recs.getvalue()), bytes([0x87, 0x02, 0x01, 0x02, 0x18, 0x53, 0x00, 0x09, 0x0C]))
+    mptest.eq(
+        bytes(b._recs.getvalue()), bytes([0x87, 0x02, 0x01, 0x02, 0x18, 0x53, 0x00, 0x09, 0x0C])
+    )
 
 
 def test_unknown_speed_and_course_are_null():
