@@ -140,6 +140,7 @@ class Client:
         nstart=1,
         token_len=4,
         rx_size=1152,
+        tx_size=None,
     ):
         if nstart not in (1, None) or not 0 < token_len <= coapmsg.MAX_TOKEN:
             raise ValueError("nstart must be 1 or None, token_len 1..8")
@@ -155,7 +156,8 @@ class Client:
         self._pending = []
         self._recent = [-1] * _RECENT
         self._ri = 0
-        self._tx = bytearray(rx_size)  # encoding scratch
+        # Encoding scratch: as large as the largest request (defaults to rx_size).
+        self._tx = bytearray(tx_size or rx_size)
         self._ctl = bytearray(4)  # empty ACK / RST
         self.stats = {
             "sent": 0,

@@ -4,6 +4,7 @@
 # parser calls back once per completed epoch. The stream is whatever the board hands
 # over (machine.UART on the ESP32, a pty on the sim board): this module never knows.
 import asyncio
+import gc
 
 import log
 
@@ -15,6 +16,7 @@ async def run(stream, parser, exit_on_eof=False, gate=None):
     # reader waits (the bytes stay in the UART/pty buffer) instead of deciding records
     # nobody can keep.
     buf = bytearray(READ_CHUNK)
+    oom = 0
     mv = memoryview(buf)
     while True:
         try:
@@ -26,13 +28,19 @@ async def run(stream, parser, exit_on_eof=False, gate=None):
             if not exit_on_eof:
                 log.warn("gps", "read_error", errno=err)
         if n:
-            parser.feed(buf, n)
+            try:
+                parser.feed(buf, n)
+            except MemoryError:
+                # Whatever ran out of heap in a fix's handling (a log line, a report),
+                # the van keeps reading its GPS: this chunk's fix may be lost, not the van.
+                oom += 1
+                gc.collect()
             if gate is not None and gate.blocked:
                 await gate.space.wait()
             continue
         if exit_on_eof:
             parser.flush()
-            log.info("gps", "end_of_stream")
+            log.info("gps", "end_of_stream", out_of_memory=oom)
             return
         # No data: a silent receiver. Don't spin; the next byte wakes us normally.
         await asyncio.sleep_ms(100)

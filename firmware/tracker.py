@@ -109,10 +109,11 @@ def _uplink(cfg, flash_dir):
     import report
     import uplink
 
-    # Datagrams: our largest report plus CoAP header/options; responses are smaller.
-    size = cfg["report_max_records"] * report.POSITION_MAX + report.ENVELOPE_MAX + 64
+    # Requests: our largest report plus CoAP header and options. Responses are small (an
+    # ack map or a one-line diagnostic), and every received datagram is one allocation.
+    tx = cfg["report_max_records"] * report.POSITION_MAX + report.ENVELOPE_MAX + 32
     gc.collect()  # buffers need contiguous heap: collect the import garbage first
-    client = coap.Client(cfg["gateway_host"], cfg["gateway_port"], rx_size=max(size, 512))
+    client = coap.Client(cfg["gateway_host"], cfg["gateway_port"], rx_size=192, tx_size=tx)
     log.info("uplink", "gateway", host=cfg["gateway_host"], port=cfg["gateway_port"])
     return uplink.Uplink(cfg, flash_dir, client)
 

@@ -4,7 +4,7 @@ import gc
 from binascii import hexlify
 from collections import OrderedDict
 
-import cbor
+import cborx as cbor
 import mptest
 from mptest import eq, raises, true
 

@@ -21,7 +21,7 @@ import sys
 from binascii import hexlify, unhexlify
 from collections import OrderedDict
 
-import cbor
+import cborx as cbor
 
 
 def parse(toks, i):
