@@ -23,11 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import secrets
-import select
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -40,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vantrack.gateway import wire
+from vantrack.tools.rig import free_udp_port, read_line, stop_process
 
 CLI = [sys.executable, "-m", "vantrack.tools.cli"]
 FLOOR = [sys.executable, "-m", "vantrack.tools.loadgen", "floor"]
@@ -144,48 +142,18 @@ async def drive(
 
 
 # ---- processes -------------------------------------------------------------------------
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextmanager
 def server_process(cmd: list[str], ready: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Start a server, wait for its readiness line on stdout, always stop it."""
     with open(log, "ab") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
     try:
-        line = _readline(proc, 30.0)
+        line = read_line(proc, 30.0)
         if not line.startswith(ready):
             raise RuntimeError(f"{cmd[3]} did not start: {line!r}; see {log}")
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def _readline(proc: subprocess.Popen[bytes], timeout: float) -> str:
-    assert proc.stdout is not None
-    fd, buf = proc.stdout.fileno(), b""
-    end = time.monotonic() + timeout
-    while not buf.endswith(b"\n"):
-        left = end - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            break
-        chunk = os.read(fd, 1)
-        if not chunk:
-            break
-        buf += chunk
-    return buf.decode(errors="replace")
+        stop_process(proc)
 
 
 def register_vans(db: Path, n: int) -> list[Van]:

@@ -213,7 +213,8 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
     return proc.returncode
 
 
-def _readline(proc: subprocess.Popen[bytes], timeout: float) -> str:
+def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """One line of a child's stdout, or what came before `timeout` seconds passed."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     buf = b""
@@ -260,7 +261,7 @@ class GatewayProcess:
                  "--db", str(self.db), "--config", str(self.config_path), *self.extra],
                 stdout=subprocess.PIPE, stderr=log,
             )  # fmt: skip
-        line = _readline(self.proc, self.START_TIMEOUT_S)
+        line = read_line(self.proc, self.START_TIMEOUT_S)
         if line != f"gateway listening on 127.0.0.1:{self.port}\n":
             self.stop()
             raise RuntimeError(f"gateway did not start: {line!r}\n{self.log()[-2000:]}")
