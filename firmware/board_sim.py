@@ -8,6 +8,8 @@ import asyncio
 import os
 import sys
 
+from micropython import const
+
 
 def _options(argv):
     opts = {"gps": None, "flash": "./flash", "echo": False, "exit_on_eof": False}
@@ -42,8 +44,8 @@ def _makedirs(path):
 
 
 # Linux termios c_cc indices (MicroPython's termios module does not export them).
-_VTIME = 5
-_VMIN = 6
+_VTIME = const(5)
+_VMIN = const(6)
 
 
 def _return_what_is_there(f):

@@ -20,14 +20,13 @@ import struct
 
 from micropython import const
 
-UINT = const(0)
-NINT = const(1)
-BYTES = const(2)
-TEXT = const(3)
-ARRAY = const(4)
-MAP = const(5)
-TAG = const(6)
-SIMPLE = const(7)
+# Major types (RFC 8949 3.1) this module writes; cborx.py names all eight.
+_UINT = const(0)
+_NINT = const(1)
+_BYTES = const(2)
+_TEXT = const(3)
+_ARRAY = const(4)
+_MAP = const(5)
 
 _FALSE = const(0xF4)
 _TRUE = const(0xF5)
@@ -121,27 +120,27 @@ class Writer:
     def uint(self, v):
         if v < 0:
             raise ValueError("negative uint")
-        self.head(UINT, v)
+        self.head(_UINT, v)
 
     def int(self, v):
         if v < 0:
-            self.head(NINT, -1 - v)
+            self.head(_NINT, -1 - v)
         else:
-            self.head(UINT, v)
+            self.head(_UINT, v)
 
     # ---- strings ------------------------------------------------------------------------
     def bytes(self, b):
         # b: bytes, bytearray or memoryview of bytes.
         if isinstance(b, str):
             raise TypeError("bytes() takes bytes, not str")
-        self._string(BYTES, b)
+        self._string(_BYTES, b)
 
     def text(self, s):
         if not isinstance(s, str):
             raise TypeError("text() takes str")
         # MicroPython's str exposes its UTF-8 bytes as a buffer (the stubs, like CPython,
         # say it has none).
-        self._string(TEXT, memoryview(s))  # type: ignore[arg-type]
+        self._string(_TEXT, memoryview(s))  # type: ignore[arg-type]
 
     def _string(self, major, data):
         k = len(data)
@@ -166,10 +165,10 @@ class Writer:
 
     # ---- containers (the caller writes the n items, or n key/value pairs) ---------------
     def array(self, n):
-        self.head(ARRAY, n)
+        self.head(_ARRAY, n)
 
     def map(self, n):
-        self.head(MAP, n)
+        self.head(_MAP, n)
 
     # ---- simple values and floats -------------------------------------------------------
     def bool(self, v):

@@ -1,6 +1,7 @@
 # CBOR for any value: floats in the shortest exact width, value() for nested Python
-# values, and dumps(). Extends cbor.Writer (which the van's reports use alone) and
-# re-exports its names, so `import cborx as cbor` is a complete encoder.
+# values, and dumps(). Extends cbor.Writer (which the van's reports use alone), re-exports
+# BufferFull and names the eight major types, so `import cborx as cbor` is a complete
+# encoder.
 #
 # Floats: the ESP32 build has single-precision floats (MICROPY_FLOAT_IMPL_FLOAT), so there
 # a float is packed as a single and is written as half or single, never double; the unix
@@ -14,8 +15,18 @@
 import struct
 
 import cbor
-from cbor import ARRAY, BYTES, MAP, NINT, SIMPLE, TAG, TEXT, UINT, BufferFull  # noqa: F401
+from cbor import BufferFull  # noqa: F401
 from micropython import const
+
+# Major types (RFC 8949 3.1).
+UINT = const(0)
+NINT = const(1)
+BYTES = const(2)
+TEXT = const(3)
+ARRAY = const(4)
+MAP = const(5)
+TAG = const(6)
+SIMPLE = const(7)
 
 _F16 = const(0xF9)
 _F32 = const(0xFA)

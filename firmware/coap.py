@@ -4,14 +4,16 @@
 # CON on a doubling, randomised timeout (RFC 7252 4.2, 4.8), matches ACK/RST by message
 # ID and responses by token, ACKs separate responses, ignores duplicates and strays and
 # ends every request in a Result whose `decision` tells the caller what to do with the
-# payload (coapmsg.decide()). Udp is the transport: one non-blocking UDP socket connected to the
-# server and one asyncio task reading it, so the GPS task runs while a request waits.
+# payload (coapmsg.decide(); decisions, reasons and Result live in coapmsg, and callers
+# take them from there). Udp is the transport: one non-blocking UDP socket connected to
+# the server and one asyncio task reading it, so the GPS task runs while a request waits.
 #
 # Memory: requests are encoded in a preallocated buffer and a retransmission resends the
 # bytes already encoded (no allocation per retransmission). A request allocates its
-# message copy, token, option list, Event and timer task; each datagram received is one
-# bytes object from recv() (a socket stream read cannot keep datagrams apart, see
-# Udp._receive), parsed into a Message and a Result. Encoding and parsing: coapmsg.py.
+# token, option list, Event and timer task (and a copy of the message when requests may
+# overlap, nstart None); each datagram received is one bytes object from recv() (a
+# socket stream read cannot keep datagrams apart, see Udp._receive), parsed into a
+# Message and a Result. Encoding and parsing: coapmsg.py.
 #
 # It does not do blockwise transfers, observe, multicast or DTLS, nor serve requests
 # (an incoming request or ping is answered with RST).
@@ -23,25 +25,20 @@ import socket
 import time
 
 import coapmsg
-from coapmsg import (  # noqa: F401 (decisions, reasons and Result are this API too)
-    ACK,
-    BACKOFF,
-    CLOSED,
-    CON,
-    DONE,
-    DROP,
-    EMPTY,
-    NO_RESPONSE,
-    RESET,
-    RETRY,
-    RST,
-    TIMEOUT,
-    UNREACHABLE,
-    Result,
-    decide,
-    path,
-)
 from micropython import const
+
+# RFC 7252 numbers the client uses (see coapmsg.py's header).
+_CON = const(0)
+_ACK = const(2)
+_RST = const(3)
+_EMPTY = const(0)
+_POST = const(2)
+_URI_HOST = const(3)
+_URI_PATH = const(11)
+_CONTENT_FORMAT = const(12)
+_URI_QUERY = const(15)
+_ACCEPT = const(17)
+_CBOR = const(60)  # Content-Format application/cbor
 
 _WAIT_ACK = const(0)  # CON sent, neither ACK nor response yet
 _WAIT_RESPONSE = const(1)  # empty ACK received, separate response due
@@ -125,8 +122,8 @@ class Udp:
 
 class Client:
     # host, port: the server, resolved once when the first request opens the client.
-    # uri_host: sent as Uri-Host if set. nstart: 1 (RFC 7252 4.7) queues requests on a
-    # lock so one is in flight; None lets them overlap. lifetime_ms bounds a request from
+    # uri_host: sent as Uri-Host if set. nstart: 1 (RFC 7252 4.7) queues requests so
+    # one is in flight; None lets them overlap. lifetime_ms bounds a request from
     # its first transmission to its separate response (RFC EXCHANGE_LIFETIME: 247 s).
     def __init__(
         self,
@@ -142,7 +139,7 @@ class Client:
         rx_size=1152,
         tx_size=None,
     ):
-        if nstart not in (1, None) or not 0 < token_len <= coapmsg.MAX_TOKEN:
+        if nstart not in (1, None) or not 0 < token_len <= 8:
             raise ValueError("nstart must be 1 or None, token_len 1..8")
         self.udp = Udp(host, port, self._dispatch, rx_size)
         self.uri_host = uri_host
@@ -150,7 +147,11 @@ class Client:
         self._jitter = int(ack_timeout_ms * (ack_random_factor - 1))
         self.max_retransmit = max_retransmit
         self.lifetime_ms = lifetime_ms
-        self._lock = asyncio.Lock() if nstart else None
+        # nstart 1: requests queue on _busy, waking on _free (an asyncio.Lock would cost
+        # the heap its module for what these few lines do).
+        self._serial = nstart == 1
+        self._busy = False
+        self._free = asyncio.Event()
         self._tkl = token_len
         self._mid = random.getrandbits(16)
         self._pending = []
@@ -169,41 +170,48 @@ class Client:
             "unexpected": 0,  # requests or pings sent to us: RST
         }
 
-    async def post(self, uri_path, payload, content_format=coapmsg.CBOR):
-        return await self.request(coapmsg.POST, uri_path, payload, content_format)
+    async def post(self, uri_path, payload, content_format=_CBOR):
+        return await self.request(_POST, uri_path, payload, content_format)
 
     async def request(
         self, method, uri_path, payload=b"", content_format=None, accept=None, query=(), options=()
     ):
-        # uri_path: "/a/b" or, better, path("/a/b") made once; query: "k=v" strings;
+        # uri_path: "/a/b" or, better, coapmsg.path("/a/b") made once; query: "k=v" strings;
         # options: more (number, bytes) pairs (ETag, Block2...). Network trouble never
         # raises but ends in a RETRY result; a message too large raises ValueError.
-        opts = [(coapmsg.URI_HOST, self.uri_host.encode())] if self.uri_host else []
-        for seg in path(uri_path) if isinstance(uri_path, str) else uri_path:
-            opts.append((coapmsg.URI_PATH, seg))
+        opts = [(_URI_HOST, self.uri_host.encode())] if self.uri_host else []
+        for seg in coapmsg.path(uri_path) if isinstance(uri_path, str) else uri_path:
+            opts.append((_URI_PATH, seg))
         if content_format is not None:
-            opts.append((coapmsg.CONTENT_FORMAT, coapmsg.uint(content_format)))
+            opts.append((_CONTENT_FORMAT, coapmsg.uint(content_format)))
         for q in query:
-            opts.append((coapmsg.URI_QUERY, q.encode()))
+            opts.append((_URI_QUERY, q.encode()))
         if accept is not None:
-            opts.append((coapmsg.ACCEPT, coapmsg.uint(accept)))
+            opts.append((_ACCEPT, coapmsg.uint(accept)))
         opts.extend(options)
-        lock = self._lock
-        if lock:
-            await lock.acquire()
+        serial = self._serial
+        if serial:
+            while self._busy:
+                await self._free.wait()
+            self._busy = True
         ex = None
         try:
             mid = self._next_mid()
             token = os.urandom(self._tkl)
-            n = coapmsg.encode_into(self._tx, CON, method, mid, token, opts, payload)
+            n = coapmsg.encode_into(self._tx, _CON, method, mid, token, opts, payload)
             try:
                 self.udp.open()
             except OSError:  # no DNS answer or no interface yet (Wi-Fi still joining)
-                return Result(RETRY, 0, UNREACHABLE)
+                return coapmsg.Result(coapmsg.RETRY, 0, coapmsg.UNREACHABLE)
             deadline = time.ticks_add(time.ticks_ms(), self.lifetime_ms)
-            ex = _Exchange(mid, token, bytes(memoryview(self._tx)[:n]), deadline)
+            # With nstart 1, _tx stays ours until this exchange ends: resend it in place.
+            # Overlapping requests each keep a copy.
+            msg = memoryview(self._tx)[:n]
+            ex = _Exchange(mid, token, msg if serial else bytes(msg), deadline)
             self._pending.append(ex)
-            self._transmit(ex)
+            ex.tx = 1
+            self.stats["sent"] += 1
+            self.udp.send(ex.msg)
             ex.timer = asyncio.create_task(self._retransmit(ex))
             await ex.event.wait()
             return ex.result
@@ -214,23 +222,20 @@ class Client:
                 self._pending.remove(ex)
                 if ex.timer:
                     ex.timer.cancel()
-            if lock:
-                lock.release()
+            if serial:
+                self._busy = False
+                self._free.set()  # wakes the waiting requests: the first to run goes
+                self._free.clear()
 
     def _next_mid(self):
         # Random start, then +1 mod 2**16 per new CON (RFC 7252 4.4).
         self._mid = (self._mid + 1) & 0xFFFF
         return self._mid
 
-    def _transmit(self, ex):
-        ex.tx += 1
-        self.stats["sent"] += 1
-        self.udp.send(ex.msg)
-
     def _finish(self, ex, decision, reason=None, msg=None, separate=False):
         if ex.state != _DONE:
             ex.state = _DONE
-            ex.result = Result(decision, ex.tx, reason, msg, separate)
+            ex.result = coapmsg.Result(decision, ex.tx, reason, msg, separate)
             ex.event.set()
 
     async def _retransmit(self, ex):
@@ -243,14 +248,16 @@ class Client:
             if ex.state != _WAIT_ACK:
                 break
             if ex.tx > self.max_retransmit:
-                self._finish(ex, RETRY, TIMEOUT)
+                self._finish(ex, coapmsg.RETRY, coapmsg.TIMEOUT)
                 return
-            self._transmit(ex)
+            ex.tx += 1
+            self.stats["sent"] += 1
             self.stats["retransmitted"] += 1
+            self.udp.send(ex.msg)
             t <<= 1
         if ex.state == _WAIT_RESPONSE:
             await asyncio.sleep_ms(max(0, time.ticks_diff(ex.deadline, time.ticks_ms())))
-            self._finish(ex, RETRY, NO_RESPONSE)
+            self._finish(ex, coapmsg.RETRY, coapmsg.NO_RESPONSE)
 
     def _dispatch(self, data):
         # One datagram: match it to a request in flight, or count it.
@@ -263,12 +270,12 @@ class Client:
         except coapmsg.FormatError:
             st["malformed"] += 1
             if len(data) >= 4 and data[0] & 0xF0 == 0x40:  # a CON of version 1
-                self._control(RST, data[2] << 8 | data[3])
+                self._control(_RST, data[2] << 8 | data[3])
             return
         mtype = msg.type
         code = msg.code
         mid = msg.mid
-        if mtype >= ACK:
+        if mtype >= _ACK:
             ex = None
             for e in self._pending:
                 if e.mid == mid:
@@ -278,25 +285,25 @@ class Client:
             elif ex.state != _WAIT_ACK:
                 st["duplicate"] += 1
             elif code:
-                if mtype == ACK:
-                    self._finish(ex, decide(code), None, msg)
+                if mtype == _ACK:
+                    self._finish(ex, coapmsg.decide(code), None, msg)
                 else:
                     st["malformed"] += 1  # RST must be empty
-            elif mtype == RST:
-                self._finish(ex, RETRY, RESET)
+            elif mtype == _RST:
+                self._finish(ex, coapmsg.RETRY, coapmsg.RESET)
             else:
                 ex.state = _WAIT_RESPONSE
             return
         # CON or NON.
-        con = mtype == CON
+        con = mtype == _CON
         if code >> 5 == 0:  # a ping (0.00) or a request: we serve nothing
             st["unexpected"] += 1
             if con:
-                self._control(RST, mid)
+                self._control(_RST, mid)
             return
         if con and mid in self._recent:
             st["duplicate"] += 1  # our ACK of it was lost: ACK again, deliver nothing
-            self._control(ACK, mid)
+            self._control(_ACK, mid)
             return
         ex = None
         for e in self._pending:
@@ -305,21 +312,21 @@ class Client:
         if ex is None:
             st["stray"] += 1  # a response to no request in flight: RFC 7252 5.3.2
             if con:
-                self._control(RST, mid)
+                self._control(_RST, mid)
             return
         if con:
-            self._control(ACK, mid)
+            self._control(_ACK, mid)
             self._recent[self._ri] = mid
             self._ri = (self._ri + 1) % _RECENT
         # A CON response before the empty ACK also ends retransmission (RFC 7252 5.2.2).
-        self._finish(ex, decide(code), None, msg, True)
+        self._finish(ex, coapmsg.decide(code), None, msg, True)
 
     def _control(self, mtype, mid):
-        coapmsg.encode_into(self._ctl, mtype, EMPTY, mid)
+        coapmsg.encode_into(self._ctl, mtype, _EMPTY, mid)
         self.udp.send(self._ctl)
 
     def close(self):
         # Stops the receiver, closes the socket, ends waiting requests with CLOSED.
         self.udp.close()
         for ex in self._pending:
-            self._finish(ex, RETRY, CLOSED)
+            self._finish(ex, coapmsg.RETRY, coapmsg.CLOSED)

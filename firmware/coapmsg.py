@@ -7,47 +7,25 @@
 # values use uint()/to_uint() (RFC 7252 3.2: big-endian, shortest form).
 #
 # It also says what a response means for the sender: decide() maps a response code to a
-# decision, Result carries one request's outcome (coap.py re-exports both; they live
-# here so that coap.py, compiled from source on a 64 KB heap, stays small).
+# decision, Result carries one request's outcome (decisions and reasons are named here,
+# the client's callers use them from here).
 #
 # It does not send, retransmit or match anything (coap.py does), and does not interpret
-# options beyond their format. Only the numbers the firmware uses are named here: every
-# public name costs heap on a 64 KB device.
+# options beyond their format.
+#
+# Numbers (RFC 7252): message types CON 0, NON 1, ACK 2, RST 3. Codes are class << 5 |
+# detail, 2.04 is 68 (code_str() prints "2.04"): EMPTY 0, GET 1, POST 2, PUT 3, DELETE 4.
+# Options (5.10): Uri-Host 3, ETag 4, Location-Path 8, Uri-Path 11, Content-Format 12,
+# Max-Age 14, Uri-Query 15, Accept 17; Block2 23 (RFC 7959). Content-Format
+# application/cbor is 60. They are private const()s, here and in coap.py: a public
+# module-level name costs heap on the device (a dict entry and a qstr), a const() nothing.
 from micropython import const
 
-VERSION = const(1)
-MAX_TOKEN = const(8)
+_VERSION = const(1)
+_MAX_TOKEN = const(8)
 _MARKER = const(0xFF)
-
-# Message types (RFC 7252 3).
-CON = const(0)
-NON = const(1)
-ACK = const(2)
-RST = const(3)
-
-# Codes are class << 5 | detail: 2.04 is 68 (code_str() prints "2.04"). The response
-# codes the client acts on are in coap.py's decision table.
-EMPTY = const(0)
-GET = const(1)
-POST = const(2)
-PUT = const(3)
-DELETE = const(4)
-CREATED = const(65)  # 2.01
-CHANGED = const(68)  # 2.04
-CONTENT = const(69)  # 2.05
-
-# Option numbers (RFC 7252 5.10, RFC 7959).
-URI_HOST = const(3)
-ETAG = const(4)
-LOCATION_PATH = const(8)
-URI_PATH = const(11)
-CONTENT_FORMAT = const(12)
-MAX_AGE = const(14)
-URI_QUERY = const(15)
-ACCEPT = const(17)
-BLOCK2 = const(23)
-
-CBOR = const(60)  # Content-Format application/cbor
+_EMPTY = const(0)  # code 0.00
+_MAX_AGE = const(14)  # option number
 
 
 class FormatError(ValueError):
@@ -134,10 +112,10 @@ def encode_into(buf, mtype, code, mid, token=b"", options=(), payload=b""):
     # Writes the message at the start of buf; returns its length. Options may come in
     # any order. Raises ValueError if it does not fit or breaks the format.
     tkl = len(token)
-    if tkl > MAX_TOKEN:
+    if tkl > _MAX_TOKEN:
         raise ValueError("token longer than 8 bytes")
     end = len(buf)
-    buf[0] = VERSION << 6 | mtype << 4 | tkl
+    buf[0] = _VERSION << 6 | mtype << 4 | tkl
     buf[1] = code
     buf[2] = mid >> 8 & 0xFF
     buf[3] = mid & 0xFF
@@ -188,13 +166,13 @@ def parse(data, n=-1):
     # Message from the first n bytes of data (all of it if n < 0). Raises FormatError.
     if n < 0:
         n = len(data)
-    if n < 4 or data[0] >> 6 != VERSION:
+    if n < 4 or data[0] >> 6 != _VERSION:
         raise FormatError("no CoAP version 1 header")
     tkl = data[0] & 15
     code = data[1]
-    if tkl > MAX_TOKEN or 4 + tkl > n:
+    if tkl > _MAX_TOKEN or 4 + tkl > n:
         raise FormatError("bad token length")
-    if code == EMPTY and n != 4:
+    if code == _EMPTY and n != 4:
         raise FormatError("empty message with content")
     mv = memoryview(data)
     i = 4 + tkl
@@ -231,37 +209,34 @@ NO_RESPONSE = "no_response"  # ACKed, but no separate response within the lifeti
 CLOSED = "closed"  # the client was closed while the request waited
 UNREACHABLE = "unreachable"  # the server's name or a socket could not be had
 
-# One decision per response code; codes not listed follow their class (decide()).
-_TABLE = {
-    128: DROP,  # 4.00 Bad Request
-    130: DROP,  # 4.02 Bad Option
-    141: DROP,  # 4.13 Request Entity Too Large
-    143: DROP,  # 4.15 Unsupported Content-Format
-    150: DROP,  # 4.22 Unprocessable Entity (RFC 8132)
-    129: BACKOFF,  # 4.01 Unauthorized
-    131: BACKOFF,  # 4.03 Forbidden
-    132: BACKOFF,  # 4.04 Not Found
-    157: RETRY,  # 4.29 Too Many Requests (RFC 8516)
-}
-
 
 def decide(code):
-    d = _TABLE.get(code)
-    if d:
-        return d
+    # The decision for a response code: a few 4.xx codes have their own, the rest follow
+    # their class.
+    if code in (128, 130, 141, 143, 150):
+        # 4.00 Bad Request, 4.02 Bad Option, 4.13 Request Entity Too Large,
+        # 4.15 Unsupported Content-Format, 4.22 Unprocessable Entity (RFC 8132)
+        return DROP
+    if code == 157:  # 4.29 Too Many Requests (RFC 8516)
+        return RETRY
     cls = code >> 5
     if cls == 2:
         return DONE
     if cls == 5:
         return RETRY
-    # Other 4.xx (4.05 wrong method, 4.06...) and codes no server should send: something
-    # is misconfigured, and dropping would lose the payload.
+    # 4.01 Unauthorized, 4.03 Forbidden, 4.04 Not Found, other 4.xx (4.05 wrong method,
+    # 4.06...) and codes no server should send: something is misconfigured, and dropping
+    # would lose the payload.
     return BACKOFF
 
 
 def path(p):
     # "/v1/pos" -> (b"v1", b"pos"), the Uri-Path segments: split once, pass to request().
-    return tuple(s.encode() for s in p.split("/") if s)
+    segs = []
+    for s in p.split("/"):
+        if s:
+            segs.append(s.encode())
+    return tuple(segs)
 
 
 class Result:
@@ -282,6 +257,6 @@ class Result:
             self.code = msg.code
             self.payload = msg.payload
             self.options = opts = msg.options
-            v = opt(opts, MAX_AGE)
+            v = opt(opts, _MAX_AGE)
             if v is not None and decision == RETRY:
                 self.retry_after = to_uint(v)

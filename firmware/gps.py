@@ -7,15 +7,16 @@ import asyncio
 import gc
 
 import log
+from micropython import const
 
-READ_CHUNK = 256
+_READ_CHUNK = const(256)
 
 
 async def run(stream, parser, exit_on_eof=False, gate=None):
     # gate: optional object with a `blocked` flag and a `space` Event; while blocked the
     # reader waits (the bytes stay in the UART/pty buffer) instead of deciding records
     # nobody can keep.
-    buf = bytearray(READ_CHUNK)
+    buf = bytearray(_READ_CHUNK)
     oom = 0
     mv = memoryview(buf)
     while True:

@@ -5,18 +5,22 @@
 # with repr-free formatting so a line stays parseable: strings containing spaces are
 # quoted as JSON strings. Not for the per-fix hot path unless echo is switched on.
 import json
+import sys
 
 
 def _emit(level, topic, event, kv):
-    parts = [level, topic, event]
+    # Written piece by piece, not joined first: no line-sized string to find room for
+    # when the heap is tight (the stats lines are the longest).
+    out = sys.stdout
+    out.write(level + " " + topic + " " + event)
     for k in kv:
         v = kv[k]
-        if isinstance(v, str) and (" " in v or not v):
-            v = json.dumps(v)
-        elif not isinstance(v, (int, str)):
-            v = json.dumps(v)
-        parts.append("%s=%s" % (k, v))
-    print(" ".join(parts))
+        out.write(" " + k + "=")
+        if isinstance(v, int) or isinstance(v, str) and v and " " not in v:
+            out.write(str(v))
+        else:
+            json.dump(v, out)
+    out.write("\n")
 
 
 def info(topic, event, **kv):

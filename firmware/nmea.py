@@ -13,7 +13,7 @@
 # It does not read the UART (the board layer does), does not decode GSV/ZDA/GLL or
 # proprietary sentences (counted in `ignored`), and does not correct GPS week rollover.
 from micropython import const
-from nmeasentence import MAXF, Sentence, days_from_civil  # noqa: F401 (re-exported)
+from nmeasentence import MAXF, Sentence
 
 _HALFDAY = const(43200000)  # ms
 
@@ -22,21 +22,11 @@ _RMC = const(1)
 _GGA = const(2)
 _GSA = const(4)
 _VTG = const(8)
-_NAMES = {_RMC: "RMC", _GGA: "GGA", _GSA: "GSA", _VTG: "VTG"}
 
 # Line assembler states.
 _IDLE = const(0)
 _LINE = const(1)
 _SKIP = const(2)
-
-# Drop reasons (keys of Parser.drops).
-CHECKSUM = "checksum"  # checksum present but wrong or unreadable
-NO_CHECKSUM = "no_checksum"
-OVERLONG = "overlong"  # longer than maxline
-GARBAGE = "garbage"  # non-printable bytes, or text not starting with $
-TRUNCATED = "truncated"  # a new $ arrived before the line ended
-MALFORMED = "malformed"  # checksum fine, field content not
-LATE = "late"  # arrived after its epoch was already emitted
 
 
 class Fix:
@@ -65,21 +55,25 @@ class Fix:
 class Parser:
     def __init__(self, on_fix, maxline=120):
         self.on_fix = on_fix
-        self.on_sentence = None  # debug hook: called with the Sentence after each accepted one
+        # Debug hook: called with the Sentence after each accepted one (its line is
+        # _buf[:_n]).
+        self.on_sentence = None
         self.fix = Fix()
         self._buf = bytearray(maxline)
         self.s = Sentence(self._buf)
         self.sentences = 0
         self.fixes = 0
         self.ignored = 0  # well-formed sentences of types we do not decode (GSV, $P...)
+        # Dropped lines by reason (written as literals: a module-level name per reason
+        # would cost heap on the device).
         self.drops = {
-            CHECKSUM: 0,
-            NO_CHECKSUM: 0,
-            OVERLONG: 0,
-            GARBAGE: 0,
-            TRUNCATED: 0,
-            MALFORMED: 0,
-            LATE: 0,
+            "checksum": 0,  # checksum present but wrong or unreadable
+            "no_checksum": 0,
+            "overlong": 0,  # longer than maxline
+            "garbage": 0,  # non-printable bytes, or text not starting with $
+            "truncated": 0,  # a new $ arrived before the line ended
+            "malformed": 0,  # checksum fine, field content not
+            "late": 0,  # arrived after its epoch was already emitted
         }
         self._max = maxline
         self._st = _IDLE
@@ -115,9 +109,9 @@ class Parser:
             c = data[i]
             if c == 36:  # $
                 if st == _LINE:
-                    d[TRUNCATED] += 1
+                    d["truncated"] += 1
                 elif self._junk:
-                    d[GARBAGE] += 1
+                    d["garbage"] += 1
                     self._junk = False
                 buf[0] = 36
                 ln = 1
@@ -127,15 +121,15 @@ class Parser:
                     self._n = ln  # for on_sentence, which may look at the line
                     self._line(ln)
                 elif self._junk:
-                    d[GARBAGE] += 1
+                    d["garbage"] += 1
                     self._junk = False
                 st = _IDLE
             elif st == _LINE:
                 if c < 32 or c > 126:
-                    d[GARBAGE] += 1
+                    d["garbage"] += 1
                     st = _SKIP
                 elif ln >= mx:
-                    d[OVERLONG] += 1
+                    d["overlong"] += 1
                     st = _SKIP
                 else:
                     buf[ln] = c
@@ -150,7 +144,7 @@ class Parser:
         if self._st == _LINE:
             self._line(self._n)
         elif self._junk:
-            self.drops[GARBAGE] += 1
+            self.drops["garbage"] += 1
         self._junk = False
         self._st = _IDLE
         if self._mask:
@@ -177,10 +171,10 @@ class Parser:
                 fs[2 * nf] = (i + 1) & 0xFF
                 fs[2 * nf + 1] = (i + 1) >> 8
         if star == ln:
-            self.drops[NO_CHECKSUM] += 1
+            self.drops["no_checksum"] += 1
             return
         if star + 3 != ln or _hex(buf[star + 1]) << 4 | _hex(buf[star + 2]) != x:
-            self.drops[CHECKSUM] += 1
+            self.drops["checksum"] += 1
             return
         nf += 1
         fs[2 * nf] = (star + 1) & 0xFF
@@ -212,9 +206,8 @@ class Parser:
             else:
                 s.vtg()
         except ValueError:  # from a field reader: bad input
-            self.drops[MALFORMED] += 1
+            self.drops["malformed"] += 1
             return
-        s.kind = _NAMES[kind]
         self._epoch(kind, s)
 
     # ---- epochs ---------------------------------------------------------------------
@@ -287,7 +280,7 @@ class Parser:
         # The learned cycle end was wrong for this receiver (e.g. 10 Hz GGA with 1 Hz
         # RMC): stop learning for good and fall back to time-change boundaries. Keep
         # the date, which belongs to no epoch in particular.
-        self.drops[LATE] += 1
+        self.drops["late"] += 1
         self._end = 0
         self._cand = -1
         self._et = -1

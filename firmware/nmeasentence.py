@@ -25,7 +25,6 @@ class Sentence:
         self.buf = buf  # the parser's line buffer, shared
         self.fs = bytearray(2 * MAXF + 2)  # field start offsets, 16-bit little endian
         self.nf = 0  # fields in the line, the address (field 0) included
-        self.kind = ""
         self._clear()
 
     def _clear(self):
@@ -45,7 +44,8 @@ class Sentence:
 
     # ---- sentences: fill self from the checked line, or raise ValueError -----------
     def rmc(self):
-        self._need(10)
+        if self.nf < 10:
+            raise ValueError
         self.tod = self._time(1)
         c = self._chr(2)
         self.ok = c == 65  # A
@@ -64,7 +64,8 @@ class Sentence:
             self.day = days_from_civil(y + (1900 if y >= 80 else 2000), m, v // 10000)
 
     def gga(self):
-        self._need(7)
+        if self.nf < 7:
+            raise ValueError
         self.tod = self._time(1)
         self._pos(2)
         q = self.quality = self._num(6, 0, 0, 9)
@@ -75,7 +76,8 @@ class Sentence:
         self.alt = self._num(9, 2, -10000000, 100000000)
 
     def gsa(self):
-        self._need(3)
+        if self.nf < 3:
+            raise ValueError
         m = self.mode = self._num(2, 0, 1, 3)
         self.bad = m == 1
         n = 0
@@ -86,7 +88,8 @@ class Sentence:
         self.hdop = self._num(16, 2, 0, 99999)
 
     def vtg(self):
-        self._need(5)
+        if self.nf < 5:
+            raise ValueError
         self.course = self._course(1)
         if self._chr(2) == 84 or self.nf >= 9:  # NMEA 2.x+: value,unit pairs
             kn = 5
@@ -100,10 +103,6 @@ class Sentence:
                 self.speed = (v * 5 + 9) // 18
 
     # ---- fields (k = field index, 0 = address); readers raise ValueError if bad ----
-    def _need(self, n):
-        if self.nf < n:
-            raise ValueError
-
     def start(self, k):
         fs = self.fs
         return fs[2 * k] | fs[2 * k + 1] << 8

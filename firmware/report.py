@@ -10,14 +10,14 @@ import hashlib
 import cbor
 from micropython import const
 
-VERSION = const(1)
+_VERSION = const(1)
 _K_VERSION = const(0)
 _K_DEVICE = const(1)
 _K_SEQ = const(2)
 _K_T0 = const(3)
 _K_RECORDS = const(4)
 _K_MAC = const(5)
-MAC_LEN = const(8)
+_MAC_LEN = const(8)
 
 # A position is at most 1 + 1+5 + 5 + 5 + 3 + 3 + 3 + 2 = 28 bytes (first of a report,
 # full-size deltas); one CoAP datagram keeps well under 1024 bytes with 30 of them.
@@ -32,10 +32,14 @@ class Mac:
     def __init__(self, key):
         if len(key) > 64:
             key = hashlib.sha256(key).digest()
-        k = bytearray(64)
-        k[: len(key)] = key
-        self._ipad = bytes(b ^ 0x36 for b in k)
-        self._opad = bytes(b ^ 0x5C for b in k)
+        ipad = bytearray(64)
+        ipad[: len(key)] = key
+        opad = bytearray(ipad)
+        for i in range(64):
+            ipad[i] ^= 0x36
+            opad[i] ^= 0x5C
+        self._ipad = ipad
+        self._opad = opad
 
     def digest(self, data):
         h = hashlib.sha256(self._ipad)
@@ -43,7 +47,7 @@ class Mac:
         inner = h.digest()
         h = hashlib.sha256(self._opad)
         h.update(inner)
-        return h.digest()[:MAC_LEN]
+        return h.digest()[:_MAC_LEN]
 
 
 class Batch:
@@ -122,7 +126,7 @@ class Batch:
         w.reset()
         w.map(6)
         w.uint(_K_VERSION)
-        w.uint(VERSION)
+        w.uint(_VERSION)
         w.uint(_K_DEVICE)
         w.uint(self.device_id)
         w.uint(_K_SEQ)

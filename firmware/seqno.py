@@ -11,40 +11,35 @@ import os
 import log
 from micropython import const
 
-BLOCK = const(1000)
+_BLOCK = const(1000)
 
 
 class SeqNo:
-    def __init__(self, flash_dir, block=BLOCK):
+    def __init__(self, flash_dir, block=_BLOCK):
         self._path = flash_dir + "/seq"
         self._block = block
-        self._next = self._load()
-        self._limit = self._next  # nothing reserved yet: the first take() reserves
-
-    def _load(self):
         try:
             with open(self._path) as f:
-                return int(f.read().strip())
+                nxt = int(f.read().strip())
         except OSError:
-            return 0  # a new device
+            nxt = 0  # a new device
         except ValueError:
-            # Unreadable counter (it is never half-written, see _save): don't guess low,
+            # Unreadable counter (it is never half-written, see take()): don't guess low,
             # jump far ahead so no number already used can come back.
             log.error("seq", "corrupt_counter", path=self._path)
-            return 1 << 30
-
-    def _save(self, value):
-        tmp = self._path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(str(value))
-        os.rename(tmp, self._path)
+            nxt = 1 << 30
+        self._next = nxt
+        self._limit = nxt  # nothing reserved yet: the first take() reserves
 
     def take(self, n=1):
         # The first of n consecutive fresh numbers; reserves a new block on flash first
         # when the current one cannot hold them.
         if self._next + n > self._limit:
             self._limit = self._next + max(self._block, n)
-            self._save(self._limit)
+            tmp = self._path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(str(self._limit))
+            os.rename(tmp, self._path)
         first = self._next
         self._next += n
         return first

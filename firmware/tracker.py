@@ -6,17 +6,18 @@
 # Later stages (fences, reporting queue, CoAP) hang off on_fix.
 import asyncio
 import gc
+import sys
 
-import config
 import gps
 import log
 import nmea
+from micropython import const
 
 VERSION = "0.1.0"
 # Parser counters are logged every this many GPS seconds.
-STATS_EVERY_S = 60
+_STATS_EVERY_S = const(60)
 # When a replay ends (sim board), how long to wait for the last reports to be delivered.
-DRAIN_MS = 30000
+_DRAIN_MS = const(30000)
 
 
 class Tracker:
@@ -47,31 +48,18 @@ class Tracker:
         if t is not None:
             if self._stats_t is None:
                 self._stats_t = t
-            elif t - self._stats_t >= STATS_EVERY_S:
+            elif t - self._stats_t >= _STATS_EVERY_S:
                 self._stats_t = t
                 self.log_stats()
 
     def _echo(self, fix):
-        print(
-            "F %s %s %s %s %s %s %s %s %s %s %s %s"
-            % (
-                fix.t,
-                fix.ms,
-                fix.lat,
-                fix.lon,
-                fix.speed,
-                fix.course,
-                fix.alt,
-                fix.quality,
-                fix.mode,
-                fix.sats,
-                fix.hdop,
-                1 if fix.valid else 0,
-            )
-        )
+        # print() writes each value as it goes: no line-sized string per fix.
+        print("F", fix.t, fix.ms, fix.lat, fix.lon, fix.speed, fix.course, fix.alt,
+              fix.quality, fix.mode, fix.sats, fix.hdop, 1 if fix.valid else 0)  # fmt: skip
 
     def log_stats(self):
         p = self.parser
+        gc.collect()  # so mem_free is the heap not taken by live data
         log.info(
             "gps",
             "stats",
@@ -90,7 +78,7 @@ class Tracker:
         try:
             await gps.run(self.board.gps_stream(), self.parser, self.board.gps_eof_exits, up)
             # Only the sim board's replay ends: deliver what is left before stopping.
-            if up is not None and not await up.drain(DRAIN_MS):
+            if up is not None and not await up.drain(_DRAIN_MS):
                 log.warn("uplink", "undelivered", queued=len(up.queue))
         finally:
             if sender is not None:
@@ -119,7 +107,14 @@ def _uplink(cfg, flash_dir):
 
 
 def main(board):
+    # Collect once a quarter of the heap was allocated since the last collection, not
+    # only when an allocation fails: garbage then goes while holes are small.
+    gc.threshold((gc.mem_free() + gc.mem_alloc()) // 4)
+    # config is needed once, at boot: unload it so its code does not stay in the heap.
+    import config
+
     cfg = config.load(board.flash_dir, board.overrides)
+    del sys.modules["config"]
     board.configure(cfg)
     info = board.describe()
     log.info("boot", "start", version=VERSION, device=cfg["device_name"] or "-", **info)

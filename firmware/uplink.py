@@ -3,7 +3,7 @@
 # Every valid fix becomes a position record with the next sequence number (seqno.SeqNo,
 # never repeated across reboots) in the open report (report.Batch). A report is sealed when
 # it holds report_max_records records, spans report_max_age_s of GPS time, or no fix came
-# for IDLE_SEAL_MS. Sealed reports wait in a small RAM queue and are POSTed one at a time
+# for _IDLE_SEAL_MS. Sealed reports wait in a small RAM queue and are POSTed one at a time
 # (coap.Client), oldest first; what happens next follows the CoAP decision: done -> gone,
 # drop -> gone and counted (the gateway will never take it), backoff/retry -> the same bytes
 # again later, so the gateway's (device, seq) dedup makes a resend harmless.
@@ -14,19 +14,18 @@ import binascii
 import gc
 import time
 
-import coap
 import coapmsg
 import log
 import report
 import seqno
 from micropython import const
 
-PATH = coap.path("/r")
-QUEUE_MAX = const(8)
-IDLE_SEAL_MS = const(5000)  # seal a half-full report when the GPS went quiet this long
-RETRY_MS = const(5000)  # first wait after a failed delivery; doubles up to RETRY_MAX_MS
-RETRY_MAX_MS = const(300000)
-BACKOFF_MS = const(600000)  # the gateway does not know us: ask again in 10 minutes
+_PATH = coapmsg.path("/r")
+_QUEUE_MAX = const(8)
+_IDLE_SEAL_MS = const(5000)  # seal a half-full report when the GPS went quiet this long
+_RETRY_MS = const(5000)  # first wait after a failed delivery; doubles up to _RETRY_MAX_MS
+_RETRY_MAX_MS = const(300000)
+_BACKOFF_MS = const(600000)  # the gateway does not know us: ask again in 10 minutes
 
 
 def _code(res):
@@ -81,55 +80,65 @@ class Uplink:
         self.queue.append((bytes(b.seal()), b.seq, b.count))
         b.count = 0
         self.ready.set()
-        if len(self.queue) >= QUEUE_MAX:
+        if len(self.queue) >= _QUEUE_MAX:
             self.blocked = True
             self.space.clear()
 
     # ---- delivering (its own task) ------------------------------------------------------
     async def run(self):
-        delay = RETRY_MS
-        while True:
-            if not self.queue:
-                self.ready.clear()
+        # Delivers the queue, oldest first; a second task seals a report the GPS left open.
+        idle = asyncio.create_task(self._idle())
+        delay = _RETRY_MS
+        try:
+            while True:
+                if not self.queue:
+                    self.ready.clear()
+                    await self.ready.wait()
+                    continue
+                payload, first, count = self.queue[0]
                 try:
-                    await asyncio.wait_for_ms(self.ready.wait(), IDLE_SEAL_MS)
-                except asyncio.TimeoutError:
-                    if time.ticks_diff(time.ticks_ms(), self._last_fix) >= IDLE_SEAL_MS:
-                        self._seal()
-                continue
-            payload, first, count = self.queue[0]
-            try:
-                res = await self.client.post(PATH, payload)
-            except MemoryError:
-                # The report stays queued; try again once the heap has recovered.
+                    res = await self.client.post(_PATH, payload)
+                except MemoryError:
+                    # The report stays queued; try again once the heap has recovered.
+                    self.failures += 1
+                    gc.collect()
+                    await asyncio.sleep_ms(_RETRY_MS)
+                    continue
+                d = res.decision
+                if d == coapmsg.DONE or d == coapmsg.DROP:
+                    self.queue.pop(0)
+                    if self.blocked and len(self.queue) < _QUEUE_MAX:
+                        self.blocked = False
+                        self.space.set()
+                    delay = _RETRY_MS
+                    if d == coapmsg.DONE:
+                        self.acked += count
+                        self.reports_acked += 1
+                    else:
+                        self.dropped += count
+                        log.error("uplink", "refused", code=_code(res), seq=first, n=count,
+                                  diag=bytes(res.payload).decode())  # fmt: skip
+                    continue
                 self.failures += 1
-                gc.collect()
-                await asyncio.sleep_ms(RETRY_MS)
-                continue
-            d = res.decision
-            if d == coap.DONE or d == coap.DROP:
-                self.queue.pop(0)
-                if self.blocked and len(self.queue) < QUEUE_MAX:
-                    self.blocked = False
-                    self.space.set()
-                delay = RETRY_MS
-                if d == coap.DONE:
-                    self.acked += count
-                    self.reports_acked += 1
+                if d == coapmsg.BACKOFF:
+                    wait = _BACKOFF_MS
                 else:
-                    self.dropped += count
-                    log.error("uplink", "refused", code=_code(res), seq=first, n=count,
-                              diag=bytes(res.payload).decode())  # fmt: skip
-                continue
-            self.failures += 1
-            if d == coap.BACKOFF:
-                wait = BACKOFF_MS
-            else:
-                wait = res.retry_after * 1000 if res.retry_after else delay
-                delay = min(delay * 2, RETRY_MAX_MS)
-            log.warn("uplink", d, code=_code(res), reason=res.reason or "-", seq=first,
-                     wait_ms=wait)  # fmt: skip
-            await asyncio.sleep_ms(wait)
+                    wait = res.retry_after * 1000 if res.retry_after else delay
+                    delay = min(delay * 2, _RETRY_MAX_MS)
+                log.warn("uplink", d, code=_code(res), reason=res.reason or "-", seq=first,
+                         wait_ms=wait)  # fmt: skip
+                await asyncio.sleep_ms(wait)
+        finally:
+            idle.cancel()
+
+    async def _idle(self):
+        # Seals the open report once no fix came for _IDLE_SEAL_MS.
+        while True:
+            left = _IDLE_SEAL_MS - time.ticks_diff(time.ticks_ms(), self._last_fix)
+            if left <= 0:
+                self._seal()
+                left = _IDLE_SEAL_MS
+            await asyncio.sleep_ms(left)
 
     async def drain(self, timeout_ms):
         # Seal what is open and wait (bounded) until everything queued was delivered.

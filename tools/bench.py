@@ -1,13 +1,15 @@
 """`vantrack bench ...`: speed and memory figures, each beside a reference in the same run.
 
 Benchmarks print figures; tests never assert timings. Each benchmark is a sub-subcommand
-registered in BENCHMARKS (nmea, wire, gateway now; geofence later).
+registered in BENCHMARKS (nmea, wire, memory, gateway now; geofence later).
 
   nmea  the firmware NMEA parser under `micropython -X heapsize=64K`: sentences/s and
         heap bytes allocated per sentence (gc.mem_alloc() around the loop, gc disabled),
         against pynmea2 under CPython on the same input (tracemalloc for its bytes).
   wire  bytes per position of the firmware's reports against JSON and Teltonika Codec 8
         for the same fixes of the sample routes (tools/wirebench.py).
+  memory  the firmware's heap under micropython: import cost per module, then the least
+        free heap of a reporting van driving a route, beside a tracking-only van at 64K.
   gateway  `vantrack gateway` in its own process under load from many virtual vans
         (tools/loadgen.py): reports/s committed, p50/p99 latency, loss, against a bare
         aiocoap resource that stores nothing.
@@ -24,7 +26,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
-from . import loadgen, mpy, wirebench
+from . import loadgen, membench, mpy, wirebench
 from .nmeadecode import strip_comments
 
 REPO = Path(__file__).resolve().parent.parent
@@ -175,5 +177,6 @@ BENCHMARKS: dict[
 ] = {
     "nmea": (_setup_nmea, bench_nmea),
     "wire": (wirebench.setup_bench, wirebench.run),
+    "memory": (membench.setup_bench, membench.run),
     "gateway": (loadgen.setup_bench, loadgen.bench_gateway),
 }

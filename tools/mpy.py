@@ -23,11 +23,13 @@ MPY_CACHE = REPO_ROOT / "build" / "mpy"
 # Heap of an ESP32 without PSRAM once Wi-Fi and the runtime have taken their share.
 DEFAULT_HEAP = "64K"
 # The whole reporting firmware (GPS + reports + CoAP) on this 64-bit unix port. Objects
-# and bytecode structures here are up to twice their size on the 32-bit ESP32, and the
-# firmware's bytecode (~48 KB of this heap after import, measured) sits in the heap; on a
-# van it runs frozen or from ROMFS in flash. 64K fails at import; 80K runs but with the
-# heap so full that datagrams get dropped; 96K leaves ~14 KB free in steady state.
-REPORTING_HEAP = "96K"
+# and bytecode structures here are up to twice their size on the 32-bit ESP32 (GC blocks
+# are 32 bytes, not 16), and the firmware's code (~45.6 KB of this heap after import,
+# asyncio included: `vantrack bench memory`) sits in the heap; on a van it runs frozen or
+# from ROMFS in flash. Least free heap while reporting the urban route (after a collect):
+# 64K runs out (fixes lost to MemoryError), 68K ~4 KB, 72K ~8 KB, 80K ~16 KB, 96K ~30 KB.
+# 80K keeps a quarter of the heap free for bursts (a backlog, a slow gateway).
+REPORTING_HEAP = "80K"
 
 
 class MicroPythonNotFound(RuntimeError):

@@ -1,10 +1,16 @@
 # CoAP message format and response decisions under MicroPython (firmware/coapmsg.py,
-# coap.decide). Transport and retransmission are tested against real peers in
+# coapmsg.decide). Transport and retransmission are tested against real peers in
 # tests/test_coap_interop.py.
-import coap  # first: compiling it needs the most heap (tests/test_coap_interop.py)
+import coap
 import coapmsg
 import mptest
-from coapmsg import ACK, CON, NON, RST
+
+# Numbers from RFC 7252 (the firmware keeps them as private const()s).
+CON, NON, ACK, RST = 0, 1, 2, 3
+EMPTY, GET, POST = 0, 1, 2
+CHANGED = 68  # 2.04
+CONTENT = 69  # 2.05
+CONTENT_FORMAT, MAX_AGE, ACCEPT = 12, 14, 17
 
 BUF = bytearray(1152)
 
@@ -28,34 +34,34 @@ def roundtrip(mtype, code, mid, token, options, payload):
 def test_rfc7252_get_temperature_bytes():
     # CON GET, MID 0x7d34, no token, Uri-Path "temperature" (delta 11, length 11 = 0xbb).
     want = b"\x40\x01\x7d\x34\xbbtemperature"
-    mptest.eq(enc(CON, coapmsg.GET, 0x7D34, b"", [(11, b"temperature")]), want)
+    mptest.eq(enc(CON, GET, 0x7D34, b"", [(11, b"temperature")]), want)
     m = coapmsg.parse(want)
-    mptest.eq((m.type, m.code, m.mid, m.token), (CON, coapmsg.GET, 0x7D34, b""))
+    mptest.eq((m.type, m.code, m.mid, m.token), (CON, GET, 0x7D34, b""))
     mptest.eq(m.options, [(11, b"temperature")])
 
 
 def test_post_with_cbor_payload_round_trips():
     opts = [(3, b"gw.example"), (11, b"v1"), (11, b"pos"), (12, coapmsg.uint(60))]
-    m = roundtrip(CON, coapmsg.POST, 1234, b"\x01\x02\x03\x04", opts, b"\xa1\x01\x02")
-    mptest.eq(coapmsg.to_uint(coapmsg.opt(m.options, coapmsg.CONTENT_FORMAT)), 60)
-    mptest.eq(coapmsg.opt(m.options, coapmsg.ACCEPT), None)
+    m = roundtrip(CON, POST, 1234, b"\x01\x02\x03\x04", opts, b"\xa1\x01\x02")
+    mptest.eq(coapmsg.to_uint(coapmsg.opt(m.options, CONTENT_FORMAT)), 60)
+    mptest.eq(coapmsg.opt(m.options, ACCEPT), None)
 
 
 def test_every_type_and_mid_and_token_length_round_trips():
     for mtype in (CON, NON, ACK, RST):
         for mid in (0, 1, 0x7FFF, 0xFFFF):
             for tkl in range(9):
-                roundtrip(mtype, coapmsg.CHANGED, mid, bytes(range(1, tkl + 1)), [], b"x")
+                roundtrip(mtype, CHANGED, mid, bytes(range(1, tkl + 1)), [], b"x")
 
 
 def test_empty_ack_is_four_bytes():
-    mptest.eq(enc(ACK, coapmsg.EMPTY, 0xBEEF), b"\x60\x00\xbe\xef")
-    mptest.eq(enc(RST, coapmsg.EMPTY, 1), b"\x70\x00\x00\x01")
+    mptest.eq(enc(ACK, EMPTY, 0xBEEF), b"\x60\x00\xbe\xef")
+    mptest.eq(enc(RST, EMPTY, 1), b"\x70\x00\x00\x01")
 
 
 def test_option_delta_boundaries_12_13_268_269():
     for num in (12, 13, 14, 268, 269, 270, 1000, 65804):
-        data = enc(CON, coapmsg.GET, 1, b"", [(num, b"v")])
+        data = enc(CON, GET, 1, b"", [(num, b"v")])
         ext = 0 if num < 13 else 1 if num < 269 else 2
         mptest.eq(len(data), 4 + 1 + ext + 1, "delta %d" % num)
         mptest.eq(data[4] >> 4, num if num < 13 else 13 if num < 269 else 14)
@@ -65,7 +71,7 @@ def test_option_delta_boundaries_12_13_268_269():
 def test_option_length_boundaries_12_13_268_269():
     for ln in (0, 12, 13, 14, 268, 269, 270, 1000):
         value = bytes(ln)
-        data = enc(CON, coapmsg.GET, 1, b"", [(11, value)])
+        data = enc(CON, GET, 1, b"", [(11, value)])
         ext = 0 if ln < 13 else 1 if ln < 269 else 2
         mptest.eq(len(data), 4 + 1 + ext + ln, "length %d" % ln)
         mptest.eq(data[4] & 15, ln if ln < 13 else 13 if ln < 269 else 14)
@@ -74,12 +80,12 @@ def test_option_length_boundaries_12_13_268_269():
 
 def test_deltas_accumulate_across_extended_options():
     opts = [(4, b"e1"), (4, b"e2"), (23, b"\x06"), (300, b""), (2000, b"z" * 20)]
-    roundtrip(CON, coapmsg.GET, 9, b"t", opts, b"")
+    roundtrip(CON, GET, 9, b"t", opts, b"")
 
 
 def test_options_are_sorted_by_number_keeping_repeats_in_order():
     opts = [(17, b"<"), (11, b"a"), (12, b"<"), (11, b"b"), (3, b"h"), (11, b"c")]
-    m = coapmsg.parse(enc(CON, coapmsg.POST, 5, b"", opts, b"p"))
+    m = coapmsg.parse(enc(CON, POST, 5, b"", opts, b"p"))
     mptest.eq(m.options, [(3, b"h"), (11, b"a"), (11, b"b"), (11, b"c"), (12, b"<"), (17, b"<")])
 
 
@@ -88,7 +94,7 @@ def test_uint_values_are_shortest_big_endian_and_codes_print_dotted():
     for n, b in cases + ((0x10000, b"\x01\x00\x00"), (0xFFFFFFFF, b"\xff\xff\xff\xff")):
         mptest.eq(coapmsg.uint(n), b)
         mptest.eq(coapmsg.to_uint(b), n)
-    mptest.eq(coapmsg.code_str(coapmsg.CHANGED), "2.04")
+    mptest.eq(coapmsg.code_str(CHANGED), "2.04")
 
 
 def test_encode_refuses_what_does_not_fit():
@@ -124,13 +130,13 @@ def test_format_errors_are_rejected():
 
 
 def test_parse_reads_only_the_first_n_bytes():
-    data = bytearray(enc(ACK, coapmsg.CONTENT, 7, b"tk", [(12, b"<")], b"abc")) + b"junk"
+    data = bytearray(enc(ACK, CONTENT, 7, b"tk", [(12, b"<")], b"abc")) + b"junk"
     m = coapmsg.parse(data, len(data) - 4)
     mptest.eq(m.payload, b"abc")
 
 
 def test_decisions_per_response_code():
-    done, drop, backoff, retry = coap.DONE, coap.DROP, coap.BACKOFF, coap.RETRY
+    done, drop, backoff, retry = coapmsg.DONE, coapmsg.DROP, coapmsg.BACKOFF, coapmsg.RETRY
     table = (
         (2, 1, done),
         (2, 4, done),
@@ -149,14 +155,14 @@ def test_decisions_per_response_code():
         (5, 4, retry),
     )
     for cls, detail, want in table:
-        mptest.eq(coap.decide(cls << 5 | detail), want, "%d.%02d" % (cls, detail))
+        mptest.eq(coapmsg.decide(cls << 5 | detail), want, "%d.%02d" % (cls, detail))
 
 
 def test_retry_after_comes_from_max_age_of_retryable_responses():
-    age = [(coapmsg.MAX_AGE, coapmsg.uint(30))]
+    age = [(MAX_AGE, coapmsg.uint(30))]
     for code, opts, want in ((163, age, 30), (128, age, None), (163, [], None)):
         m = coapmsg.parse(enc(ACK, code, 1, b"t", opts))
-        mptest.eq(coap.Result(coap.decide(code), 1, None, m).retry_after, want)
+        mptest.eq(coapmsg.Result(coapmsg.decide(code), 1, None, m).retry_after, want)
 
 
 def test_message_ids_start_at_random_then_increment_and_wrap():
@@ -168,9 +174,9 @@ def test_message_ids_start_at_random_then_increment_and_wrap():
 
 
 def test_path_splits_into_uri_path_segments():
-    mptest.eq(coap.path("/v1/pos"), (b"v1", b"pos"))
-    mptest.eq(coap.path("v1//pos/"), (b"v1", b"pos"))
-    mptest.eq(coap.path("/"), ())
+    mptest.eq(coapmsg.path("/v1/pos"), (b"v1", b"pos"))
+    mptest.eq(coapmsg.path("v1//pos/"), (b"v1", b"pos"))
+    mptest.eq(coapmsg.path("/"), ())
 
 
 mptest.main(globals())

@@ -3,6 +3,7 @@ import gc
 
 import mptest
 import nmea
+import nmeasentence
 from mptest import eq, true
 
 
@@ -55,9 +56,9 @@ def test_epoch_merges_rmc_gga_gsa_vtg_into_one_fix():
 
 
 def test_days_since_2000():
-    eq(nmea.days_from_civil(2026, 11, 26), T0)
-    eq(nmea.days_from_civil(2000, 3, 1), 60)
-    eq(nmea.days_from_civil(1999, 12, 31), -1)
+    eq(nmeasentence.days_from_civil(2026, 11, 26), T0)
+    eq(nmeasentence.days_from_civil(2000, 3, 1), 60)
+    eq(nmeasentence.days_from_civil(1999, 12, 31), -1)
 
 
 def test_south_and_west_hemispheres_and_exact_microdegrees():
@@ -198,7 +199,7 @@ def test_date_carried_to_gga_and_midnight_rollover():
     gga = GGA.replace("101503.20", "235959.50")
     data = nm(rmc) + nm(gga) + nm(at("000000.50", GGA)) + nm(at("000001.00", GGA))
     _, fx = run(data)
-    day = nmea.days_from_civil(2026, 12, 31)
+    day = nmeasentence.days_from_civil(2026, 12, 31)
     eq(
         [(f[0], f[1]) for f in fx],
         [
@@ -217,7 +218,7 @@ def test_gga_only_before_any_date_has_no_time():
 
 def test_two_digit_year_pivot():
     _, fx = run(nm(RMC.replace("261126", "010199")))
-    eq(fx[0][0] // 86400, nmea.days_from_civil(1999, 1, 1))
+    eq(fx[0][0] // 86400, nmeasentence.days_from_civil(1999, 1, 1))
 
 
 def test_steady_state_allocates_nothing_per_sentence():

@@ -29,7 +29,7 @@ import json
 import sys
 from binascii import hexlify, unhexlify
 
-METHODS = {"GET": coapmsg.GET, "POST": coapmsg.POST, "PUT": coapmsg.PUT, "DELETE": coapmsg.DELETE}
+METHODS = {"GET": 1, "POST": 2, "PUT": 3, "DELETE": 4}  # RFC 7252 12.1.1
 USAGE = "usage: coap_post.py [options] HOST PORT PATH [PAYLOAD ...]  (see the file's header)"
 
 
@@ -138,7 +138,7 @@ async def one(client, o, i, payload):
     cf = o["cf"]
     method = METHODS[o["method"]]
     if cf is None:
-        cf = coapmsg.CBOR if method in (coapmsg.POST, coapmsg.PUT) else None
+        cf = 60 if method in (2, 3) else None  # application/cbor for POST, PUT
     elif cf == "none":
         cf = None
     else:
@@ -159,7 +159,7 @@ async def one(client, o, i, payload):
 
 async def main(o):
     kw = o["client"]
-    o["uri_path"] = coap.path(o["path"])  # split once, as the tracker does
+    o["uri_path"] = coapmsg.path(o["path"])  # split once, as the tracker does
     client = coap.Client(o["host"], o["port"], uri_host=o["uri_host"], **kw)
     try:
         items = payloads(o)

@@ -75,7 +75,7 @@ def sentence_json(p, s):
         '"course":%s,"alt":%s,"quality":%s,"mode":%s,"sats":%s,"hdop":%s,"ok":%s,"bad":%s}'
         % (
             line.replace("\\", "\\\\").replace('"', '\\"'),
-            s.kind,
+            line[3:6],  # the sentence type: the parser takes only $ttSSS addresses
             num(s.tod),
             num(s.day),
             num(s.lat),
