@@ -102,8 +102,14 @@ def _uplink(cfg, flash_dir):
     tx = cfg["report_max_records"] * report.POSITION_MAX + report.ENVELOPE_MAX + 32
     gc.collect()  # buffers need contiguous heap: collect the import garbage first
     client = coap.Client(cfg["gateway_host"], cfg["gateway_port"], rx_size=192, tx_size=tx)
+    try:
+        up = uplink.Uplink(cfg, flash_dir, client)
+    except ValueError as e:
+        # A key that is not 32 hex digits: say so and keep tracking without reporting.
+        log.error("uplink", "bad_key", error=str(e))
+        return None
     log.info("uplink", "gateway", host=cfg["gateway_host"], port=cfg["gateway_port"])
-    return uplink.Uplink(cfg, flash_dir, client)
+    return up
 
 
 def main(board):

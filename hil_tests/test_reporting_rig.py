@@ -131,3 +131,14 @@ def test_bad_reports_are_refused_while_a_van_keeps_reporting(van, gateway):
     assert stored(gateway.db, other["device_id"]) == []
     reasons = re.findall(r"event=report_rejected reason=(\w+)", gateway.log())
     assert sorted(set(reasons)) == ["bad_mac", "not_cbor", "schema", "too_large", "unknown_device"]
+
+
+def test_a_van_with_a_broken_key_keeps_tracking_and_says_why(van, gateway):
+    cfg = gateway.van_config("van-k")
+    cfg["key"] = "not hex at all"
+    v = van("urban-round", config=cfg, sim_args=["--seed", "5", "--start", START])
+    lines = list(v.console())
+    assert v.wait(120) == 0, lines[-10:]
+    assert any(ln.startswith("E uplink bad_key") for ln in lines), lines[:5]
+    assert len(decided(lines)) > 2000
+    assert stored(gateway.db, cfg["device_id"]) == []
