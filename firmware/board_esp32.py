@@ -1,6 +1,7 @@
 # Board layer for the ESP32: the only module that touches pins, UARTs and the filesystem
 # layout of the real device. Everything else receives streams and directories from here.
 import asyncio
+import os
 import sys
 
 from machine import UART, Pin, reset_cause
@@ -16,6 +17,10 @@ class Board:
 
     def __init__(self):
         self.flash_dir = "/data"
+        try:
+            os.mkdir(self.flash_dir)  # first boot after flashing: the config and counters go here
+        except OSError:
+            pass  # already there
         self.overrides = None
         self.gps_eof_exits = False
         self.cfg = None
