@@ -29,7 +29,6 @@ class Tracker:
         self.parser = nmea.Parser(self.on_fix)
         self.fixes = 0
         self.valid_fixes = 0
-        self.last_t = None  # GPS time of the last valid fix
         self._stats_t = None
 
     def on_fix(self, fix):
@@ -38,7 +37,6 @@ class Tracker:
         self.fixes += 1
         if fix.valid:
             self.valid_fixes += 1
-            self.last_t = fix.t
             if self.uplink is not None and fix.t is not None:
                 self.uplink.add_fix(fix)
         self.board.led(fix.valid)

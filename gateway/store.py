@@ -306,24 +306,19 @@ class Store:
         return where + " ORDER BY device_id, time_ms, seq" + limit, params
 
     def positions(self, q: Query) -> Iterator[sqlite3.Row]:
-        where, params = self._where(q)
-        self.conn.row_factory = sqlite3.Row
-        try:
-            yield from self.conn.execute(
-                "SELECT p.*, (SELECT name FROM devices d WHERE d.id = p.device_id) AS name"
-                " FROM positions p" + where,
-                params,
-            )
-        finally:
-            self.conn.row_factory = None
+        return self._rows("positions", q)
 
     def events(self, q: Query) -> Iterator[sqlite3.Row]:
+        return self._rows("events", q)
+
+    def _rows(self, table: str, q: Query) -> Iterator[sqlite3.Row]:
+        # table is one of our two record tables, never user input.
         where, params = self._where(q)
         self.conn.row_factory = sqlite3.Row
         try:
             yield from self.conn.execute(
-                "SELECT e.*, (SELECT name FROM devices d WHERE d.id = e.device_id) AS name"
-                " FROM events e" + where,
+                "SELECT r.*, (SELECT name FROM devices d WHERE d.id = r.device_id) AS name"
+                f" FROM {table} r" + where,
                 params,
             )
         finally:
