@@ -22,9 +22,11 @@ _MAC_LEN = const(8)
 # A position is at most 1 + 1+5 + 5 + 5 + 3 + 3 + 3 + 2 = 28 bytes (first of a report,
 # full-size deltas); one CoAP datagram keeps well under 1024 bytes with 30 of them.
 POSITION_MAX = const(28)
-# Report envelope: map header, four small entries (<= 1+2+6+6+6), array header (<= 3),
-# MAC entry (10).
-ENVELOPE_MAX = const(40)
+# Report head: map header (1), version (2), device, seq and t0 (1+5 each), the records
+# key and array header (1+3).
+_HEAD_MAX = const(25)
+# Report envelope: the head and the MAC entry (10).
+ENVELOPE_MAX = const(35)
 
 
 class Mac:
@@ -51,12 +53,14 @@ class Mac:
 
 
 class Batch:
+    # One buffer holds the report: records are written from _HEAD_MAX on, and seal()
+    # writes the head just before them (right-aligned) and the MAC after them.
     def __init__(self, device_id, key, max_records=10):
         self.device_id = device_id
         self.max_records = max_records
         self._mac = Mac(key)
-        self._recs = cbor.Writer(max_records * POSITION_MAX)
-        self._out = cbor.Writer(max_records * POSITION_MAX + ENVELOPE_MAX)
+        self._recs = cbor.Writer(max_records * POSITION_MAX + ENVELOPE_MAX)
+        self._head = cbor.Writer(_HEAD_MAX)
         self.count = 0
         self.seq = 0
         self.t0 = 0
@@ -67,7 +71,7 @@ class Batch:
     def start(self, seq, t0):
         # A new report whose first record gets `seq` and whose time base is `t0`
         # (GPS seconds since 2000).
-        self._recs.reset()
+        self._recs.n = _HEAD_MAX
         self.count = 0
         self.seq = seq
         self.t0 = t0
@@ -122,7 +126,7 @@ class Batch:
     def seal(self):
         # The finished report as a memoryview into the batch's own buffer: copy it
         # (bytes(...)) before starting the next report.
-        w = self._out
+        w = self._head
         w.reset()
         w.map(6)
         w.uint(_K_VERSION)
@@ -135,8 +139,10 @@ class Batch:
         w.uint(self.t0)
         w.uint(_K_RECORDS)
         w.array(self.count)
-        w.raw(self._recs.getvalue())
-        mac = self._mac.digest(w.getvalue())
-        w.uint(_K_MAC)
-        w.bytes(mac)
-        return w.getvalue()
+        r = self._recs
+        start = _HEAD_MAX - w.n
+        r.buf[start:_HEAD_MAX] = w.getvalue()
+        report = r.getvalue()[start:]
+        r.uint(_K_MAC)
+        r.bytes(self._mac.digest(report))
+        return r.getvalue()[start:]

@@ -21,7 +21,7 @@ import seqno
 from micropython import const
 
 _PATH = coapmsg.path("/r")
-_QUEUE_MAX = const(8)
+_QUEUE_MAX = const(4)
 _IDLE_SEAL_MS = const(5000)  # seal a half-full report when the GPS went quiet this long
 _RETRY_MS = const(5000)  # first wait after a failed delivery; doubles up to _RETRY_MAX_MS
 _RETRY_MAX_MS = const(300000)

@@ -3,7 +3,7 @@
 What the van decided (its echoed fixes) is compared with what the gateway stored: every
 valid fix is stored exactly once, in order, under consecutive sequence numbers, at the
 wire format's resolution (1e-6 degree, 0.1 s, 0.1 m/s, 1 degree). The firmware runs with
-tools/mpy.py's REPORTING_HEAP (see there why it is more than the parser's 64K).
+`micropython -X heapsize=64K` (tools/mpy.py DEFAULT_HEAP), as every firmware test does.
 """
 
 from __future__ import annotations

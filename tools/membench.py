@@ -131,8 +131,8 @@ def setup_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: 
     p.add_argument("--route", default="urban-round", help="sample route (default urban-round)")
     p.add_argument(
         "--heap",
-        default=mpy.REPORTING_HEAP,
-        help=f"heap of the reporting van (default {mpy.REPORTING_HEAP}, as the rig runs it)",
+        default=mpy.DEFAULT_HEAP,
+        help=f"heap of the reporting van (default {mpy.DEFAULT_HEAP}, as the rig runs it)",
     )
     p.add_argument("--imports-only", action="store_true", help="skip the running figures")
     p.set_defaults(func=run)
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "imports_only", False):
         return 0
     route = getattr(args, "route", "urban-round")
-    heap = getattr(args, "heap", mpy.REPORTING_HEAP)
+    heap = getattr(args, "heap", mpy.DEFAULT_HEAP)
     rows = []
     with tempfile.TemporaryDirectory(prefix="vantrack-membench-") as tmp:
         for reporting, h in ((False, mpy.DEFAULT_HEAP), (True, heap)):

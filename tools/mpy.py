@@ -20,16 +20,21 @@ FIRMWARE_DIR = REPO_ROOT / "firmware"
 # The firmware runs as .mpy bytecode, as on a van (compiling .py on the device costs tens
 # of KB of heap); bytecode without native code is the same for the ESP32 and the unix port.
 MPY_CACHE = REPO_ROOT / "build" / "mpy"
-# Heap of an ESP32 without PSRAM once Wi-Fi and the runtime have taken their share.
+# Heap of an ESP32 without PSRAM once Wi-Fi and the runtime have taken their share. Every
+# firmware run here uses it, the whole reporting firmware included, although objects and
+# bytecode structures on this 64-bit port are up to twice their size on the 32-bit ESP32
+# (GC blocks are 32 bytes, not 16) and the code sits in the heap (~44 KB of it after
+# import, asyncio included; on a van it can run frozen or from ROMFS in flash).
+# `vantrack bench memory` measures what is left.
 DEFAULT_HEAP = "64K"
-# The whole reporting firmware (GPS + reports + CoAP) on this 64-bit unix port. Objects
-# and bytecode structures here are up to twice their size on the 32-bit ESP32 (GC blocks
-# are 32 bytes, not 16), and the firmware's code (~45.6 KB of this heap after import,
-# asyncio included: `vantrack bench memory`) sits in the heap; on a van it runs frozen or
-# from ROMFS in flash. Least free heap while reporting the urban route (after a collect):
-# 64K runs out (fixes lost to MemoryError), 68K ~4 KB, 72K ~8 KB, 80K ~16 KB, 96K ~30 KB.
-# 80K keeps a quarter of the heap free for bursts (a backlog, a slow gateway).
-REPORTING_HEAP = "80K"
+
+
+# mpy-cross options for every module (none: line numbers stay in, for tracebacks; -O3
+# would drop them for ~1.4 KB of heap). The source name embedded in each .mpy is the
+# module's name (`-s coap`, tracebacks say `File "coap", line 12`): that name is a qstr
+# the module needs anyway, where "coap.py" would be one more per module on the device
+# (qstr pools grow by doubling, and a 64 KB heap feels every pool).
+MPY_CROSS_FLAGS: tuple[str, ...] = ()
 
 
 class MicroPythonNotFound(RuntimeError):
@@ -67,6 +72,13 @@ def compiled_firmware() -> Path:
     never see half a file; a .mpy whose source is gone is removed.
     """
     MPY_CACHE.mkdir(parents=True, exist_ok=True)
+    # A change of mpy-cross or of how we call it rebuilds everything.
+    stamp = MPY_CACHE / "BUILD"
+    build = f"{mpy_cross_binary()} {' '.join(MPY_CROSS_FLAGS)}\n"
+    if not stamp.exists() or stamp.read_text() != build:
+        for old in MPY_CACHE.glob("*.mpy"):
+            old.unlink(missing_ok=True)
+        stamp.write_text(build)
     sources = {p.stem: p for p in FIRMWARE_DIR.glob("*.py")}
     for stale in MPY_CACHE.glob("*.mpy"):
         if stale.stem not in sources:
@@ -77,7 +89,7 @@ def compiled_firmware() -> Path:
             continue
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
         proc = subprocess.run(
-            [mpy_cross_binary(), "-s", src.name, "-o", str(tmp), str(src)],
+            [mpy_cross_binary(), *MPY_CROSS_FLAGS, "-s", src.stem, "-o", str(tmp), str(src)],
             capture_output=True,
             text=True,
             check=False,

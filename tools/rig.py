@@ -97,8 +97,7 @@ class SimVan:
         self.rate_hz = rate_hz
         self.speedup = speedup
         self.sim_args = list(sim_args)
-        reporting = config is not None and bool(config.get("gateway_host"))
-        self.heap = heap or (mpy.REPORTING_HEAP if reporting else mpy.DEFAULT_HEAP)
+        self.heap = heap or mpy.DEFAULT_HEAP
         self.echo = echo
         self.config = config
         self.sim: subprocess.Popen[bytes] | None = None

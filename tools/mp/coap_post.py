@@ -16,8 +16,9 @@
 #   --method GET|POST|PUT|DELETE (POST)   --cf N|none (60 for POST/PUT)   --accept N
 #   --query Q (repeatable)   --uri-host H   --hex   --mem
 #   --ack-timeout-ms N   --random-factor F   --max-retransmit N   --lifetime-ms N
-#   --token-len N   --nstart 1|none
-#   --concurrent: issue all requests at once (the client's nstart still applies)
+#   --token-len N
+#   --concurrent: issue all requests at once (the client still sends one at a time)
+# --uri-host, --query and --accept travel as generic options (number, bytes).
 # The client first: its modules compile from source on the unix port, and compiling
 # them into a heap already cut up by this script's own objects can run out at 64 KB.
 import coap  # isort: skip
@@ -30,6 +31,7 @@ import sys
 from binascii import hexlify, unhexlify
 
 METHODS = {"GET": 1, "POST": 2, "PUT": 3, "DELETE": 4}  # RFC 7252 12.1.1
+URI_HOST, URI_QUERY, ACCEPT = 3, 15, 17  # option numbers, RFC 7252 5.10
 USAGE = "usage: coap_post.py [options] HOST PORT PATH [PAYLOAD ...]  (see the file's header)"
 
 
@@ -82,8 +84,6 @@ def parse_args(argv):
             o["client"][ints[a]] = int(v)
         elif a == "--random-factor":
             o["client"]["ack_random_factor"] = float(v)
-        elif a == "--nstart":
-            o["client"]["nstart"] = None if v == "none" else int(v)
         elif a == "--method":
             o["method"] = v.upper()
         elif a == "--cf":
@@ -148,7 +148,7 @@ async def one(client, o, i, payload):
         gc.collect()
         gc.disable()
         a = gc.mem_alloc()
-    r = await client.request(method, o["uri_path"], payload, cf, o["accept"], o["query"])
+    r = await client.request(method, o["uri_path"], payload, cf, o["options"])
     if o["mem"]:
         alloc = gc.mem_alloc() - a
         gc.enable()
@@ -160,7 +160,15 @@ async def one(client, o, i, payload):
 async def main(o):
     kw = o["client"]
     o["uri_path"] = coapmsg.path(o["path"])  # split once, as the tracker does
-    client = coap.Client(o["host"], o["port"], uri_host=o["uri_host"], **kw)
+    opts = []
+    if o["uri_host"]:
+        opts.append((URI_HOST, o["uri_host"].encode()))
+    for q in o["query"]:
+        opts.append((URI_QUERY, q.encode()))
+    if o["accept"] is not None:
+        opts.append((ACCEPT, coapmsg.uint(o["accept"])))
+    o["options"] = opts
+    client = coap.Client(o["host"], o["port"], **kw)
     try:
         items = payloads(o)
         if o["concurrent"]:
