@@ -21,7 +21,10 @@ _MAC_LEN = const(8)
 
 # A position is at most 1 + 1+5 + 5 + 5 + 3 + 3 + 3 + 2 = 28 bytes (first of a report,
 # full-size deltas); one CoAP datagram keeps well under 1024 bytes with 30 of them.
+# An event takes at most 1 + 2+5 + 2*(1+5) + 1+5 + 1+3 + 1+2 + 1+5 + 1+5 = 45 bytes: the
+# caller seals the report and starts the next one when add_event() says it is full.
 POSITION_MAX = const(28)
+EVENT_MAX = const(45)
 # Report head: map header (1), version (2), device, seq and t0 (1+5 each), the records
 # key and array header (1+3).
 _HEAD_MAX = const(25)
@@ -120,6 +123,51 @@ class Batch:
         self._ds = ds
         self._lat = fix.lat
         self._lon = fix.lon
+        self.count += 1
+        return True
+
+    def add_event(self, etype, fix, fence=None, extra=None, route=None):
+        # Append an event decided on `fix` (a valid fix with a time): type etype (wire
+        # numbers, docs/wire-format.md), its absolute position and quality, the fence
+        # number, a type-specific value (key 7: dwell seconds, expected stop...) and the
+        # route version the fence number belongs to (key 8). Returns False, changing
+        # nothing, if it does not fit or lies before the last record. Events leave the
+        # position delta chain alone.
+        if self.count >= self.max_records:
+            return False
+        ds = (fix.t - self.t0) * 10 + fix.ms // 100
+        if ds < self._ds:
+            return False
+        w = self._recs
+        mark = w.mark()
+        try:
+            w.map(6 + (fence is not None) + (extra is not None) + (route is not None))
+            w.uint(0)
+            w.uint(etype)
+            w.uint(1)
+            w.uint(ds - self._ds)
+            w.uint(2)
+            w.int(fix.lat)
+            w.uint(3)
+            w.int(fix.lon)
+            if fence is not None:
+                w.uint(4)
+                w.uint(fence)
+            w.uint(5)
+            hdop = fix.hdop
+            w.uint(0 if hdop is None else (hdop + 5) // 10)
+            w.uint(6)
+            w.uint(fix.sats or 0)
+            if extra is not None:
+                w.uint(7)
+                w.int(extra)
+            if route is not None:
+                w.uint(8)
+                w.uint(route)
+        except OverflowError:
+            w.rewind(mark)
+            return False
+        self._ds = ds
         self.count += 1
         return True
 

@@ -65,3 +65,26 @@ def test_firmware_reports_decode_verify_and_carry_every_fix(source: str, max_rec
     want = expected(nmea)
     assert len(want) > 10
     assert got == want
+
+
+def test_events_travel_in_order_with_positions_and_decode_with_their_fix():
+    nmea = nmeadecode.strip_comments(sim_nmea("urban-round"))
+    reports, _ = wirebench.firmware_reports(nmea, 10, event_every=7)
+    decoded = [wire.decode(r, max_bytes=1024) for r in reports]
+    assert all(wire.verify(r, wirebench.BENCH_KEY) for r in decoded)
+    records = [rec for r in decoded for rec in r.records]
+    assert [rec.seq for rec in records] == list(range(len(records)))
+    positions = [rec for rec in records if isinstance(rec, wire.Position)]
+    events = [rec for rec in records if isinstance(rec, wire.Event)]
+    assert len(events) == len(positions) // 7 > 10
+    # Each event follows the 7th, 14th... position and carries that fix, absolute.
+    for k, ev in enumerate(events, 1):
+        p = positions[7 * k - 1]
+        assert records[records.index(ev) - 1] is p
+        assert (ev.type, ev.fence, ev.extra) == (wire.EventType.ARRIVED, k, {7: -k, 8: 7})
+        assert (ev.time, ev.lat_e6, ev.lon_e6) == (p.time, p.lat_e6, p.lon_e6)
+        assert ev.hdop_x10 is not None and ev.sats is not None
+    # Positions keep their delta chain across events: the same fixes as without events.
+    assert [(p.time, p.lat_e6, p.lon_e6) for p in positions] == [
+        (t, lat, lon) for t, lat, lon, _, _ in expected(nmea)
+    ]

@@ -39,11 +39,16 @@ def _nmea(route: str, rate: float) -> bytes:
     return subprocess.run(cmd, capture_output=True, check=True, timeout=300).stdout
 
 
-def firmware_reports(nmea: bytes, max_records: int) -> tuple[list[bytes], float]:
-    """Reports as the firmware builds them, and heap bytes allocated per position."""
+def firmware_reports(
+    nmea: bytes, max_records: int, event_every: int = 0
+) -> tuple[list[bytes], float]:
+    """Reports as the firmware builds them, and heap bytes allocated per position.
+
+    With event_every, an `arrived` event follows every that many positions (see
+    tools/mp/report_encode.py)."""
     proc = mpy.run(
         mpy.REPO_ROOT / "tools" / "mp" / "report_encode.py",
-        ["7", BENCH_KEY.hex(), str(max_records)],
+        ["7", BENCH_KEY.hex(), str(max_records), "0", str(event_every)],
         input=nmea,
         timeout=600,
     )

@@ -96,4 +96,27 @@ def test_appending_a_position_allocates_nothing():
     mptest.eq(used, 0)
 
 
+def test_an_event_that_does_not_fit_changes_nothing_and_events_allocate_nothing():
+    b = report.Batch(7, KEY, 2)
+    b.start(0, T0)
+    f = Fix(T0, 0, -33868820, 151209290)
+    mptest.true(b.add_position(f))
+    before = records(b)
+    gc.collect()
+    gc.disable()
+    a = gc.mem_alloc()
+    ok = b.add_event(3, f, 12, 1800, 3)
+    alloc = gc.mem_alloc() - a
+    gc.enable()
+    mptest.true(ok)
+    mptest.eq(alloc, 0)
+    mptest.true(not b.add_event(3, f, 12, 1800, 3))  # the report is full (2 records)
+    mptest.true(records(b).startswith(before))
+    mptest.eq(b.count, 2)
+    # An event from before the last record is refused too.
+    b.start(2, T0)
+    mptest.true(b.add_position(Fix(T0 + 5, 0, 1, 2)))
+    mptest.true(not b.add_event(2, Fix(T0 + 4, 0, 1, 2)))
+
+
 mptest.main(globals())

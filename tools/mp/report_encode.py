@@ -2,8 +2,10 @@
 # batches, exactly as the van builds them. One line per sealed report on stdout:
 #   R <records> <hex payload>
 # and a last line `H <heap bytes allocated per position>` measured with gc.mem_alloc().
+# With EVENT_EVERY > 0, every that many fixes an event follows the fix's position: type
+# 2 (arrived) decided on that fix, fence = its number k (1, 2, ...), extra = -k, route 7.
 # Used by `vantrack bench wire` and the wire tests. Usage:
-#   micropython tools/mp/report_encode.py DEVICE_ID KEYHEX MAX_RECORDS [FIRST_SEQ]
+#   micropython tools/mp/report_encode.py DEVICE_ID KEYHEX MAX_RECORDS [FIRST_SEQ [EVENT_EVERY]]
 import binascii
 import gc
 import sys
@@ -15,9 +17,10 @@ device_id = int(sys.argv[1])
 key = binascii.unhexlify(sys.argv[2])
 max_records = int(sys.argv[3])
 seq = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+event_every = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 
 batch = report.Batch(device_id, key, max_records)
-state = {"seq": seq, "open": False, "alloc": 0, "positions": 0}
+state = {"seq": seq, "open": False, "alloc": 0, "positions": 0, "events": 0}
 
 
 def emit():
@@ -46,6 +49,19 @@ def on_fix(fix):
     state["positions"] += 1
     if batch.full():
         emit()
+    if event_every and state["positions"] % event_every == 0:
+        k = state["events"] + 1
+        if not state["open"]:
+            batch.start(state["seq"], fix.t)
+            state["open"] = True
+        if not batch.add_event(2, fix, k, -k, 7):
+            emit()
+            batch.start(state["seq"], fix.t)
+            state["open"] = True
+            batch.add_event(2, fix, k, -k, 7)
+        state["events"] = k
+        if batch.full():
+            emit()
 
 
 parser = nmea.Parser(on_fix)
