@@ -12,8 +12,10 @@
 # Reading never holds the file or its decoded form in the heap: open() returns the
 # header (format, version, params, depot) and two sequences, stops then zones, whose
 # fences are decoded one at a time from the file as they are iterated (stops first).
-# Fence ids (text) are skipped: events carry fence numbers (depot 0, stops 1..n, zones
-# after), which the gateway maps back with the route version.
+# Fence ids (text) are not kept: events carry fence numbers (depot 0, stops 1..n, zones
+# after), which the gateway maps back with the route version, and each fence comes with
+# a 30-bit hash of its id instead, so a route replaced mid-day can be matched stop by
+# stop with the one it replaces.
 #
 # It does not decide anything about fences (fence.py does) nor when to fetch (uplink).
 import binascii
@@ -127,15 +129,23 @@ class Reader:
         raise ValueError("route: unsupported CBOR major type %d" % major)
 
     def fence(self):
-        # [id, kind, inner_m, outer_m, coords, *extras] -> the same list with id None
-        # and the extras dropped; None for a CBOR null.
+        # [id, kind, inner_m, outer_m, coords, *extras] -> [hash of id, kind, inner_m,
+        # outer_m, coords], the extras dropped; None for a CBOR null.
         major, n = self.head()
         if major == 7 and n == 22:
             return None
         if major != 4 or n < 5:
             raise ValueError("route: a fence is an array of at least 5 items")
-        out = [self.item() for _ in range(5)]
-        out[0] = None
+        major, ln = self.head()
+        if major != 3:
+            raise ValueError("route: a fence id is text")
+        h = 0  # rotate-xor over the id's bytes, read a few at a time: no string kept
+        while ln:
+            k = min(ln, 8)
+            for c in self._read(k):
+                h = ((h & 0x1FFFFFF) << 5) ^ (h >> 25) ^ c
+            ln -= k
+        out = [h, self.item(), self.item(), self.item(), self.item()]
         for _ in range(n - 5):
             self.item()
         return out

@@ -62,13 +62,26 @@ def read_all():
     return r, stops, zones
 
 
-def test_header_depot_stops_and_zones_in_order_without_ids():
+def id_hash(s):
+    h = 0
+    for c in s.encode():
+        h = ((h & 0x1FFFFFF) << 5) ^ (h >> 25) ^ c
+    return h
+
+
+def test_header_depot_stops_and_zones_in_order_with_id_hashes():
     write_route(3)
     r, stops, zones = read_all()
-    mptest.eq(r[:4], [1, 9, {2: 15}, [None, 0, 80, 300, [48858000, 2294000]]])
+    mptest.eq(r[:4], [1, 9, {2: 15}, [id_hash("depot"), 0, 80, 300, [48858000, 2294000]]])
     mptest.eq(len(stops), 3)
-    mptest.eq(stops[2], [None, 0, 60, 150, [48852000, 2288000]])
-    mptest.eq(zones, [[None, 1, 0, 40, [-1, -2, 1000, -2, 1000, 2000]]])
+    mptest.eq(stops[2], [id_hash("S-2"), 0, 60, 150, [48852000, 2288000]])
+    mptest.eq(zones, [[id_hash("Z0"), 1, 0, 40, [-1, -2, 1000, -2, 1000, 2000]]])
+    mptest.eq(len(set(s[0] for s in stops)), 3)
+
+
+def test_long_ids_hash_to_30_bits_and_differ():
+    mptest.true(0 < id_hash("stop-with-a-rather-long-identifier-0001") < 1 << 30)
+    mptest.true(id_hash("S-1") != id_hash("S-2"))
 
 
 def test_no_depot_and_no_zones():
