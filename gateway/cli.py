@@ -1,13 +1,15 @@
-"""Gateway commands: `vantrack gateway`, `devices`, `positions`, `events`, `decode`.
+"""Gateway commands: `vantrack gateway`, `devices`, `route`, `positions`, `events`, `decode`.
 
 Each handler builds the configuration once (TOML file + flags, gateway/config.py) and
-hands it down. A bad configuration is one line on stderr and exit code 2. Query output
+hands it down. A bad configuration is one line on stderr and exit code 2, as is a route
+file that does not pass (every problem on its own line, nothing stored). Query output
 is a table by default and JSON lines with --json; times are ISO-8601 UTC.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -21,15 +23,18 @@ from typing import Any
 import cbor2
 
 from . import config as configmod
+from . import route as routemod
 from . import wire
 from .store import Device, Query, Store, StoreError, from_ms, to_ms
 
 EXIT_CONFIG = 2
+EXIT_BAD_ROUTE = 2
 
 GATEWAY_HELP = """\
 Receive the vans' reports (CoAP POST /r, CBOR, docs/wire-format.md) over UDP, check each
 one (size, CDDL, device, MAC), store its records in SQLite in one transaction and answer
-2.04 only after the commit. Logs go to stderr, one event per line; when ready, one line
+2.04 only after the commit. Serve each van its route (GET /rt, docs/routes.md) as loaded
+with `vantrack route load`. Logs go to stderr, one event per line; when ready, one line
 `gateway listening on HOST:PORT` goes to stdout. SIGINT/SIGTERM stop it cleanly.
 See docs/gateway.md and docs/gateway.example.toml.
 """
@@ -108,6 +113,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _config_args(rm)
     rm.set_defaults(func=cmd_devices_remove)
 
+    _register_route(sub)
+
     for kind in ("positions", "events"):
         q = sub.add_parser(
             kind, help=f"query stored {kind}",
@@ -139,6 +146,66 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     _config_args(dec)
     dec.set_defaults(func=cmd_decode)
+
+
+ROUTE_HELP = """\
+The day's route of one van: its ordered stops, its depot and plain zones, from a GeoJSON
+FeatureCollection ([lon, lat]; docs/routes.md). The gateway serves it to the van as CBOR
+on CoAP GET /rt; each load replaces the van's route under a new version number, which
+the van learns from the answer to its next report and then fetches.
+"""
+ROUTE_LOAD_HELP = """\
+Check FILE and store it as DEVICE's route (replacing the one it has, version + 1).
+Stops: Point (radius_m, or radius_in_m/radius_out_m; default 60/150 m) or Polygon
+(buffer_m, default 90 m) with properties stop_id and seq, optional window_start,
+window_end (ISO 8601 with offset) and service_s. One feature with role "depot", any with
+role "zone" and a zone_id. Thresholds in the collection's "properties" (hdop_max,
+sats_min, confirm_s, hold_s, depot_leave_s). Every problem is printed with the feature it
+is in; then nothing is stored and the exit code is 2. Works while the gateway runs.
+"""
+
+
+def _register_route(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    r = sub.add_parser(
+        "route", help="load, show and remove a van's route (stops, depot, zones)",
+        description=ROUTE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    rsub = r.add_subparsers(dest="route_cmd", metavar="ACTION", required=True)
+    load = rsub.add_parser(
+        "load", help="check a GeoJSON route file and store it for a van",
+        description=ROUTE_LOAD_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    load.add_argument("device", metavar="DEVICE", help="device name or id")
+    load.add_argument("file", metavar="FILE", type=Path, help="GeoJSON FeatureCollection")
+    _config_args(load)
+    load.set_defaults(func=cmd_route_load)
+    check = rsub.add_parser(
+        "check", help="check a route file without storing it",
+        description="Check FILE as `route load` does and print what the van would get "
+        "(counts, CBOR size); nothing is stored. Exit code 2 if it does not pass.",
+    )  # fmt: skip
+    check.add_argument("file", metavar="FILE", type=Path, help="GeoJSON FeatureCollection")
+    check.set_defaults(func=cmd_route_check)
+    show = rsub.add_parser(
+        "show", help="show a van's route as the van gets it",
+        description="The route stored for DEVICE, decoded from the CBOR the gateway "
+        "serves: version, size, ETag, thresholds, depot, stops in order, zones.",
+    )  # fmt: skip
+    show.add_argument("device", metavar="DEVICE", help="device name or id")
+    fmt = show.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON object")
+    fmt.add_argument("--geojson", action="store_true", help="the GeoJSON file it was loaded from")
+    _config_args(show)
+    show.set_defaults(func=cmd_route_show)
+    rm = rsub.add_parser(
+        "rm", help="remove a van's route",
+        description="Delete DEVICE's route: GET /rt answers 4.04 and reports' answers stop "
+        "carrying a route version. A van keeps the route it holds; to clear it during a "
+        "round, load a FeatureCollection with no stops instead.",
+    )  # fmt: skip
+    rm.add_argument("device", metavar="DEVICE", help="device name or id")
+    _config_args(rm)
+    rm.set_defaults(func=cmd_route_rm)
 
 
 # ---- shared ----------------------------------------------------------------------------
@@ -364,6 +431,169 @@ def cmd_devices_remove(args: argparse.Namespace) -> int:
         f"{counts.positions} positions and {counts.events} events stay in the store."
     )
     return 0
+
+
+# ---- route -----------------------------------------------------------------------------
+def _route_file(path: Path) -> routemod.Loaded:
+    """The checked route file; every problem to stderr and _Exit(2) if it does not pass."""
+    try:
+        loaded = routemod.load_file(path)
+    except routemod.RouteFileError as e:
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        n = sum(not line.startswith(f"{path}: ... and") for line in e.errors)
+        raise _Exit(EXIT_BAD_ROUTE, f"{path}: {_plural(n, 'error')}; nothing stored") from None
+    for line in loaded.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    try:  # the contract holds for any version number: check with the widest one
+        routemod.encode_checked(loaded.route, routemod.MAX_VERSION)
+    except routemod.RouteFormatError as e:
+        raise _Exit(1, f"{path}: the encoded route breaks route.cddl (a bug): {e}") from None
+    return loaded
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def _blocks(size: int) -> str:
+    return f"{_plural(-(-size // 256), 'block')} of 256 bytes"
+
+
+@_handler
+def cmd_route_check(args: argparse.Namespace) -> int:
+    loaded = _route_file(args.file)
+    payload = loaded.route.encode(1)
+    print(
+        f"{args.file}: ok: {routemod.summary(loaded.route)}; {len(payload)} bytes of CBOR "
+        f"({_blocks(len(payload))})"
+    )
+    return 0
+
+
+@_handler
+def cmd_route_load(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    loaded = _route_file(args.file)
+    store = _open(cfg)
+    try:
+        dev = _resolve(store, args.device)
+        stored = store.put_route(dev.id, loaded.route.encode, loaded.text)
+    finally:
+        store.close()
+    print(
+        f"loaded route version {stored.version} for {dev.name} (id {dev.id}): "
+        f"{routemod.summary(loaded.route)}; {len(stored.cbor)} bytes of CBOR "
+        f"({_blocks(len(stored.cbor))}), etag {stored.etag.hex()}"
+    )
+    return 0
+
+
+@_handler
+def cmd_route_rm(args: argparse.Namespace) -> int:
+    store = _open(_config(args))
+    try:
+        dev = _resolve(store, args.device)
+        old = store.remove_route(dev.id)
+    finally:
+        store.close()
+    if old is None:
+        return _fail(1, f"{dev.name} (id {dev.id}) has no route")
+    print(f"removed route version {old.version} of {dev.name} (id {dev.id})")
+    return 0
+
+
+def _fence_json(f: routemod.Fence) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": f.id}
+    if f.name:
+        out["name"] = f.name
+    if f.seq is not None:
+        out["seq"] = f.seq
+    verts = [[lat / 1e6, lon / 1e6] for lat, lon in f.vertices]
+    if f.kind == routemod.Kind.CIRCLE:
+        out |= {"kind": "circle", "lat": verts[0][0], "lon": verts[0][1],
+                "radius_in_m": f.inner_m, "radius_out_m": f.outer_m}  # fmt: skip
+    else:
+        out |= {"kind": "polygon", "vertices": verts, "buffer_m": f.outer_m}
+    for key, t in (("window_start", f.window_start), ("window_end", f.window_end)):
+        if t is not None:
+            out[key] = f"{wire.gps_time(t):%Y-%m-%dT%H:%M:%SZ}"
+    if f.service_s is not None:
+        out["service_s"] = f.service_s
+    return out
+
+
+def _fence_cells(f: routemod.Fence) -> list[str]:
+    lat, lon = f.vertices[0]
+    where = f"{lat / 1e6:.6f} {lon / 1e6:.6f}"
+    if f.kind == routemod.Kind.CIRCLE:
+        shape, size = "circle", f"{f.inner_m}/{f.outer_m}"
+    else:  # the first vertex stands for where it is; the buffer for its size
+        shape, size = f"polygon/{len(f.vertices)}", f"+{f.outer_m}"
+    window = "-"
+    if f.window_start is not None or f.window_end is not None:
+        window = "..".join(
+            "" if t is None else f"{wire.gps_time(t):%Y-%m-%dT%H:%MZ}"
+            for t in (f.window_start, f.window_end)
+        )
+    return [f.id, shape, where, size, window, _opt(f.service_s), f.name or "-"]
+
+
+@_handler
+def cmd_route_show(args: argparse.Namespace) -> int:
+    store = _open(_config(args))
+    try:
+        dev = _resolve(store, args.device)
+        stored = store.route(dev.id)
+    finally:
+        store.close()
+    if stored is None:
+        return _fail(1, f"{dev.name} (id {dev.id}) has no route (vantrack route load)")
+    if args.geojson:
+        sys.stdout.write(stored.geojson)
+        return 0
+    version, route = routemod.decode(stored.cbor)
+    # Names are not sent to the van; take them from the file the route came from.
+    try:
+        names = {f.id: f.name for f in routemod.load_geojson(stored.geojson).route.fences()}
+    except routemod.RouteFileError:  # stored by a gateway with other rules: no names then
+        names = {}
+    route = routemod.Route(
+        route.params,
+        None if route.depot is None else _named(route.depot, names),
+        tuple(_named(s, names) for s in route.stops),
+        tuple(_named(z, names) for z in route.zones),
+    )
+    params = dict(routemod.param_names(route.params))
+    if args.json:
+        print(json.dumps({
+            "device_id": dev.id, "device_name": dev.name, "version": version,
+            "loaded": _iso_s(stored.loaded_ms), "bytes": len(stored.cbor),
+            "etag": stored.etag.hex(), "params": params,
+            "depot": None if route.depot is None else _fence_json(route.depot),
+            "stops": [_fence_json(s) for s in route.stops],
+            "zones": [_fence_json(z) for z in route.zones],
+        }))  # fmt: skip
+        return 0
+    print(
+        f"{dev.name} (id {dev.id}): route version {version}, loaded {_iso_s(stored.loaded_ms)}, "
+        f"{len(stored.cbor)} bytes, etag {stored.etag.hex()}"
+    )
+    print("thresholds: " + (", ".join(f"{k} {v:g}" for k, v in params.items()) or "defaults"))
+    print(routemod.summary(route))
+    rows = []
+    if route.depot is not None:
+        rows.append(["depot", *_fence_cells(route.depot)])
+    rows += [[str(s.seq), *_fence_cells(s)] for s in route.stops]
+    rows += [["zone", *_fence_cells(z)] for z in route.zones]
+    print()
+    _table(["seq", "id", "fence", "lat lon", "radii m", "window (UTC)", "service s", "name"],
+           rows, right={0})  # fmt: skip
+    return 0
+
+
+def _named(f: routemod.Fence, names: dict[str, str]) -> routemod.Fence:
+    return dataclasses.replace(f, name=names.get(f.id, ""))
 
 
 # ---- positions / events ----------------------------------------------------------------

@@ -1,16 +1,27 @@
-"""The gateway's CoAP ingest: `POST /r` reports from the vans into the store.
+"""The gateway's CoAP resources: `POST /r` reports in, `GET /rt` routes out.
 
-Flow per request (docs/wire-format.md, "Responses"): method and Content-Format, size,
-`wire.decode()` (4.00 with a short text/plain diagnostic), device lookup (4.01 "unknown
-device"), `wire.verify()` (4.01 "bad mac"), then every record in one SQLite transaction
-through the store's writer thread; only after the commit does the van get 2.04 with
-`{0: highest seq stored}`. A store failure gets 5.03 with Max-Age, so nothing is
-acknowledged that is not on disk. Every rejection is counted by reason and logged as
-one structured line; the counters are logged periodically and at shutdown.
+Reports, per request (docs/wire-format.md, "Responses"): method and Content-Format,
+size, `wire.decode()` (4.00 with a short text/plain diagnostic), device lookup (4.01
+"unknown device"), `wire.verify()` (4.01 "bad mac"), then every record in one SQLite
+transaction through the store's writer thread; only after the commit does the van get
+2.04 with `{0: highest seq stored, 1: route version}` (key 1 when the device has a
+route). A store failure gets 5.03 with Max-Age, so nothing is acknowledged that is not
+on disk.
 
-What it does not do: decoding rules (gateway/wire.py), SQL (gateway/store.py), relaying
-to MQTT/webhooks (later issues). aiocoap does message deduplication and retransmission;
-this module only holds the resource and the service's start and stop.
+Routes (docs/routes.md): `GET /rt?d=ID&m=MAC` answers the device's route CBOR with its
+ETag (2.03 Valid when the van already holds it), 4.01 for an unknown device or a wrong
+MAC, 4.04 when it has no route. Block2 (RFC 7959) is served here, not by aiocoap, and
+without state: every block is cut from the route as stored now, so a van can ask for
+any block at any time (after a reboot, from a new address) and sees from the ETag when
+the route changed between blocks.
+
+Every rejection is counted by reason and logged as one structured line, as is every
+route served; the counters are logged periodically and at shutdown.
+
+What it does not do: decoding rules (gateway/wire.py, gateway/route.py), SQL
+(gateway/store.py), relaying to MQTT/webhooks (later issues). aiocoap does message
+deduplication and retransmission; this module only holds the resources and the
+service's start and stop.
 """
 
 from __future__ import annotations
@@ -18,23 +29,39 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hmac
 import logging
 import multiprocessing
 import signal
 import sys
 from concurrent.futures import Executor, ProcessPoolExecutor
+from enum import IntEnum
 
 import aiocoap
 import aiocoap.resource
 import cbor2
 from aiocoap.numbers import ContentFormat
 
-from . import wire
+from . import route, wire
 from .config import Config
 from .log import emit
-from .store import StoreError, UnstorableReport, Writer, now_ms, report_rows
+from .store import MAX_DEVICE_ID, StoreError, UnstorableReport, Writer, now_ms, report_rows
 
 REPORT_PATH = ("r",)
+ROUTE_PATH = ("rt",)
+# The largest Block2 block we send (szx 6): what fits a CoAP datagram without IP
+# fragmentation on common links. A route larger than this is sent block-wise even to a
+# client that did not ask for blocks (RFC 7959 section 2.4, server-initiated).
+MAX_BLOCK_SZX = 6
+
+
+class AckKey(IntEnum):
+    """Keys of the 2.04 answer to a report (wire.cddl `ack`)."""
+
+    HIGHEST_SEQ = 0  # highest seq stored for the device
+    ROUTE_VERSION = 1  # the device's current route version, when it has a route
+
+
 log = logging.getLogger("vantrack.gateway.server")
 
 
@@ -57,33 +84,41 @@ def _text(code: aiocoap.numbers.codes.Code, text: str) -> aiocoap.Message:
     return msg
 
 
-class ReportResource(aiocoap.resource.Resource):
-    """`/r`: one report per POST."""
+class _Resource(aiocoap.resource.Resource):
+    """What both resources share: counted, logged rejections and a catch-all."""
 
-    def __init__(
-        self, cfg: Config, writer: Writer, counters: Counters, decoder: Executor | None = None
-    ) -> None:
-        self.decoder = decoder
+    REJECTED = "rejected"  # log event `<REJECTED>` and counters `<REJECTED>_<reason>`
+    EVENT = "report_rejected"
+
+    def __init__(self, cfg: Config, writer: Writer, counters: Counters) -> None:
         super().__init__()
         self.cfg = cfg.gateway
         self.writer = writer
         self.counters = counters
 
     async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
-        # A report fits one datagram; reassembling Block1 transfers would only let a
-        # peer make us buffer what we refuse anyway. Block1 requests get 4.13 below.
+        # Requests fit one datagram (reassembling Block1 would only let a peer make us
+        # buffer what we refuse anyway); /rt cuts its own Block2 blocks.
         return False
 
     def _reject(
         self, request: aiocoap.Message, code: aiocoap.numbers.codes.Code, reason: str,
         detail: str, device: int | None = None, diag: str | None = None,
     ) -> aiocoap.Message:  # fmt: skip
-        self.counters.add(f"rejected_{reason}")
+        self.counters.add(f"{self.REJECTED}_{reason}")
         emit(
-            log, "report_rejected", logging.WARNING, reason=reason, device=device,
+            log, self.EVENT, logging.WARNING, reason=reason, device=device,
             peer=_peer(request), code=str(code).split(" ")[0], detail=detail,
         )  # fmt: skip
         return _text(code, diag if diag is not None else f"{reason}: {detail}")
+
+    def _unavailable(self, request: aiocoap.Message, device: int, detail: str) -> aiocoap.Message:
+        resp = self._reject(
+            request, aiocoap.SERVICE_UNAVAILABLE, "store_unavailable", detail, device,
+            diag="store unavailable, retry later",
+        )  # fmt: skip
+        resp.opt.max_age = self.cfg.max_age_s
+        return resp
 
     async def render(self, request: aiocoap.Message) -> aiocoap.Message:
         try:
@@ -95,6 +130,19 @@ class ReportResource(aiocoap.resource.Resource):
                 detail=f"{type(e).__name__}: {e}",
             )  # fmt: skip
             return _text(aiocoap.INTERNAL_SERVER_ERROR, "internal error")
+
+    async def _render(self, request: aiocoap.Message) -> aiocoap.Message:
+        raise NotImplementedError
+
+
+class ReportResource(_Resource):
+    """`/r`: one report per POST."""
+
+    def __init__(
+        self, cfg: Config, writer: Writer, counters: Counters, decoder: Executor | None = None
+    ) -> None:
+        self.decoder = decoder
+        super().__init__(cfg, writer, counters)
 
     async def _render(self, request: aiocoap.Message) -> aiocoap.Message:
         code = aiocoap.numbers.codes.Code
@@ -160,17 +208,127 @@ class ReportResource(aiocoap.resource.Resource):
             last_seq=report.last_seq, records=n, new=saved.new_records,
             highest=saved.highest_seq,
         )  # fmt: skip
-        ack: dict[int, int] = {} if saved.highest_seq is None else {0: saved.highest_seq}
-        resp = aiocoap.Message(code=code.CHANGED, payload=cbor2.dumps(ack))
+        ack: dict[int, int] = {}
+        if saved.highest_seq is not None:
+            ack[AckKey.HIGHEST_SEQ] = saved.highest_seq
+        if saved.route_version is not None:
+            ack[AckKey.ROUTE_VERSION] = saved.route_version
+        resp = aiocoap.Message(code=code.CHANGED, payload=cbor2.dumps(ack, canonical=True))
         resp.opt.content_format = ContentFormat.CBOR
         return resp
 
-    def _unavailable(self, request: aiocoap.Message, device: int, detail: str) -> aiocoap.Message:
-        resp = self._reject(
-            request, aiocoap.SERVICE_UNAVAILABLE, "store_unavailable", detail, device,
-            diag="store unavailable, retry later",
+
+def _route_query(request: aiocoap.Message) -> tuple[int, bytes | None] | str:
+    """(device id, MAC or None) from `?d=ID&m=HEX`, or what is wrong with the query."""
+    params: dict[str, str] = {}
+    for q in request.opt.uri_query:
+        name, _, value = q.partition("=")
+        params[name] = value
+    d = params.get("d", "")
+    if not (d.isascii() and d.isdigit()) or len(d) > 10 or int(d) > MAX_DEVICE_ID:
+        return f"d={d!r} is not a device id" if "d" in params else "no d=<device id>"
+    m = params.get("m")
+    try:
+        mac = None if m is None else bytes.fromhex(m)
+    except ValueError:
+        mac = b""  # not hex: fails the MAC check like any other wrong MAC
+    return int(d), mac
+
+
+class RouteResource(_Resource):
+    """`/rt?d=ID&m=MAC`: the device's route (docs/routes.md), block-wise when large."""
+
+    REJECTED = "route_rejected"
+    EVENT = "route_rejected"
+
+    async def _render(self, request: aiocoap.Message) -> aiocoap.Message:
+        code = aiocoap.numbers.codes.Code
+        if request.code != code.GET:
+            return self._reject(
+                request, code.METHOD_NOT_ALLOWED, "method", f"{request.code} (GET only)"
+            )
+        accept = request.opt.accept
+        if accept is not None and accept != ContentFormat.CBOR:
+            return self._reject(
+                request, code.NOT_ACCEPTABLE, "accept",
+                f"accept {int(accept)}, have 60 (application/cbor)",
+            )  # fmt: skip
+        query = _route_query(request)
+        if isinstance(query, str):
+            return self._reject(request, code.BAD_REQUEST, "query", query)
+        device, mac = query
+        try:
+            key = await self.writer.device_key(device)
+        except StoreError as e:
+            return self._unavailable(request, device, str(e))
+        if key is None:
+            return self._reject(
+                request, code.UNAUTHORIZED, "unknown_device", "not registered", device,
+                diag="unknown device",
+            )  # fmt: skip
+        if mac is None or not hmac.compare_digest(mac, route.request_mac(key, device)):
+            detail = "no m=<mac>" if mac is None else "MAC does not verify"
+            return self._reject(
+                request, code.UNAUTHORIZED, "bad_mac", detail, device, diag="bad mac"
+            )
+        try:
+            stored = await self.writer.route(device)
+        except StoreError as e:
+            return self._unavailable(request, device, str(e))
+        if stored is None:
+            self.counters.add("route_not_found")
+            emit(log, "route_not_found", device=device, peer=_peer(request))
+            return _text(code.NOT_FOUND, "no route for this device")
+        if stored.etag in request.opt.etags:
+            self.counters.add("routes_not_modified")
+            emit(
+                log, "route_served", device=device, version=stored.version,
+                bytes=len(stored.cbor), not_modified=True,
+            )  # fmt: skip
+            valid = aiocoap.Message(code=code.VALID)
+            valid.opt.etag = stored.etag
+            return valid
+        return self._content(request, device, stored.version, stored.cbor, stored.etag)
+
+    def _content(
+        self, request: aiocoap.Message, device: int, version: int, payload: bytes, etag: bytes
+    ) -> aiocoap.Message:
+        block = request.opt.block2
+        whole = block is None and len(payload) <= 2 ** (MAX_BLOCK_SZX + 4)
+        if whole:
+            num, szx, part, more = 0, MAX_BLOCK_SZX, payload, False
+        else:
+            num, szx = (0, MAX_BLOCK_SZX) if block is None else (block[0], block[2])
+            if szx == 7:  # BERT is for CoAP over TCP/WebSockets, not UDP
+                return self._reject(
+                    request, aiocoap.BAD_REQUEST, "block", "szx 7 (BERT) over UDP", device
+                )
+            size = 2 ** (szx + 4)
+            if num * size >= len(payload):
+                return self._reject(
+                    request, aiocoap.BAD_REQUEST, "block",
+                    f"block {num} of {size} bytes is beyond the {len(payload)}-byte route",
+                    device, diag="block out of range",
+                )  # fmt: skip
+            part = payload[num * size : (num + 1) * size]
+            more = (num + 1) * size < len(payload)
+        resp = aiocoap.Message(code=aiocoap.CONTENT, payload=part)
+        resp.opt.content_format = ContentFormat.CBOR
+        resp.opt.etag = etag
+        if not whole:
+            resp.opt.block2 = (num, more, szx)
+            if num == 0:
+                resp.opt.size2 = len(payload)
+        if more:
+            self.counters.add("route_blocks_served")
+            return resp
+        # The whole route, or its last block: the transfer is complete.
+        self.counters.add("routes_served")
+        blocks = 1 if whole else num + 1
+        emit(
+            log, "route_served", device=device, version=version, bytes=len(payload),
+            blocks=blocks, block_size=None if whole else 2 ** (szx + 4), not_modified=False,
         )  # fmt: skip
-        resp.opt.max_age = self.cfg.max_age_s
         return resp
 
 
@@ -214,6 +372,7 @@ async def serve(cfg: Config, stop: asyncio.Event, counters: Counters | None = No
         await writer.open()
         site = aiocoap.resource.Site()
         site.add_resource(REPORT_PATH, ReportResource(cfg, writer, counters, decoder))
+        site.add_resource(ROUTE_PATH, RouteResource(cfg, writer, counters))
         context = await aiocoap.Context.create_server_context(site, bind=(g.bind, g.port))
         emit(log, "gateway_started", bind=g.bind, port=g.port, db=str(g.db))
         print(f"gateway listening on {_hostport(g.bind, g.port)}", flush=True)

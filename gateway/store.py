@@ -1,4 +1,4 @@
-"""The local store: devices, positions and events in one SQLite database.
+"""The local store: devices, positions, events and routes in one SQLite database.
 
 `Store` is the synchronous core, used directly by the command-line tools (`vantrack
 devices`, `positions`, `events`) and, inside the gateway, only through `Writer`.
@@ -21,6 +21,14 @@ Records are keyed by (device_id, seq) and inserted with INSERT OR IGNORE: a repe
 re-batched report stores only the records not seen before. Times are integers: device
 (GPS) time and gateway receive time as Unix milliseconds UTC.
 
+Routes (gateway/route.py) are stored per device as the CBOR the van fetches, its ETag and
+the GeoJSON it came from. `route_history` keeps the CBOR of every version issued: the
+van's events name fences by number within the route version they were decided under,
+which may be older than the current one, and a number once issued is never reused (not
+even after `route rm`), so a van never mistakes a new route for one it holds.
+`vantrack route load` writes while the gateway runs (WAL, busy timeout); the gateway
+reads the route per request, so the next fetch gets the new one.
+
 It does not decode, authenticate or speak CoAP.
 """
 
@@ -31,7 +39,7 @@ import concurrent.futures
 import datetime as dt
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +47,9 @@ from typing import Any
 import cbor2
 
 from . import wire
+from .route import etag as route_etag
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: routes, route_history
 MAX_DEVICE_ID = 0xFFFFFFFF
 _INT64 = (-(2**63), 2**63 - 1)
 UNIX_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -80,6 +89,21 @@ CREATE TABLE IF NOT EXISTS events (
     extra       BLOB,                     -- CBOR map of the type-specific keys, or NULL
     received_ms INTEGER NOT NULL,
     PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS routes (
+    device_id   INTEGER PRIMARY KEY,
+    version     INTEGER NOT NULL,         -- also in the CBOR and in report acks
+    cbor        BLOB NOT NULL,            -- what GET /rt serves (gateway/route.cddl)
+    etag        BLOB NOT NULL,            -- first 8 bytes of sha256(cbor)
+    geojson     TEXT NOT NULL,            -- the file it was loaded from
+    loaded_ms   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS route_history (
+    device_id   INTEGER NOT NULL,
+    version     INTEGER NOT NULL,
+    cbor        BLOB NOT NULL,            -- every version issued, current or not
+    loaded_ms   INTEGER NOT NULL,
+    PRIMARY KEY (device_id, version)
 ) WITHOUT ROWID;
 """
 
@@ -158,6 +182,17 @@ class Device:
 class Saved:
     new_records: int  # records not stored before
     highest_seq: int | None  # highest seq now stored for the device
+    route_version: int | None = None  # the device's current route, for the ack
+
+
+@dataclass(frozen=True)
+class StoredRoute:
+    device_id: int
+    version: int
+    cbor: bytes
+    etag: bytes
+    geojson: str
+    loaded_ms: int
 
 
 @dataclass(frozen=True)
@@ -242,9 +277,12 @@ class Store:
             self.conn.execute("UPDATE devices SET key = ? WHERE id = ?", (key, device_id))
 
     def remove_device(self, device_id: int) -> None:
-        """Forget the device (its key, so its reports get 4.01); stored records stay."""
+        """Forget the device (its key, so its reports get 4.01) and its route (the stops'
+        addresses); stored records stay."""
         with self._transaction():
             self.conn.execute("DELETE FROM devices WHERE id = ?", (device_id,))
+            self.conn.execute("DELETE FROM routes WHERE device_id = ?", (device_id,))
+            self.conn.execute("DELETE FROM route_history WHERE device_id = ?", (device_id,))
 
     def devices(self) -> list[Device]:
         rows = self.conn.execute(
@@ -283,9 +321,75 @@ class Store:
                     "UPDATE devices SET last_seen_ms = ?, last_seq = ? WHERE id = ?",
                     (received_ms, highest, device_id),
                 )
+                route = self.conn.execute(
+                    "SELECT version FROM routes WHERE device_id = ?", (device_id,)
+                ).fetchone()
         except sqlite3.Error as e:
             raise StoreError(str(e)) from None
-        return Saved(new, highest)
+        return Saved(new, highest, None if route is None else route[0])
+
+    # ---- routes ----------------------------------------------------------------------
+    def put_route(
+        self, device_id: int, encode: Callable[[int], bytes], geojson: str
+    ) -> StoredRoute:
+        """Store a device's new route under the next version; `encode(version)` gives
+        its CBOR. One transaction: the version is taken and used atomically."""
+        try:
+            with self._transaction():
+                row = self.conn.execute(
+                    "SELECT coalesce(max(version), 0) FROM route_history WHERE device_id = ?",
+                    (device_id,),
+                ).fetchone()
+                version = int(row[0]) + 1
+                payload = encode(version)
+                stored = StoredRoute(
+                    device_id, version, payload, route_etag(payload), geojson, now_ms()
+                )
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO routes VALUES (?, ?, ?, ?, ?, ?)",
+                    (device_id, version, payload, stored.etag, geojson, stored.loaded_ms),
+                )
+                self.conn.execute(
+                    "INSERT INTO route_history VALUES (?, ?, ?, ?)",
+                    (device_id, version, payload, stored.loaded_ms),
+                )
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from None
+        return stored
+
+    def route(self, device_id: int) -> StoredRoute | None:
+        try:
+            row = self.conn.execute(
+                "SELECT device_id, version, cbor, etag, geojson, loaded_ms FROM routes"
+                " WHERE device_id = ?",
+                (device_id,),
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from None
+        if row is None:
+            return None
+        return StoredRoute(row[0], row[1], bytes(row[2]), bytes(row[3]), row[4], row[5])
+
+    def route_version(self, device_id: int, version: int) -> bytes | None:
+        """The CBOR of any version a device was given (to read the fences its events name)."""
+        try:
+            row = self.conn.execute(
+                "SELECT cbor FROM route_history WHERE device_id = ? AND version = ?",
+                (device_id, version),
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from None
+        return None if row is None else bytes(row[0])
+
+    def remove_route(self, device_id: int) -> StoredRoute | None:
+        """Stop serving the device's route; it stays in the history. The removed one."""
+        try:
+            with self._transaction():
+                old = self.route(device_id)
+                self.conn.execute("DELETE FROM routes WHERE device_id = ?", (device_id,))
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from None
+        return old
 
     def _where(self, q: Query) -> tuple[str, list[Any]]:
         clauses, params = [], []
@@ -388,6 +492,11 @@ class Writer:
     ) -> Saved:  # fmt: skip
         saved: Saved = await self._run("save", device_id, positions, events, received_ms)
         return saved
+
+    async def route(self, device_id: int) -> StoredRoute | None:
+        """The device's route, read on the store's thread (routes are rare, small reads)."""
+        route: StoredRoute | None = await self._run("route", device_id)
+        return route
 
     async def close(self) -> None:
         """Finish the statements already queued, then close the connection."""
