@@ -1,7 +1,7 @@
 """`vantrack bench ...`: speed and memory figures, each beside a reference in the same run.
 
 Benchmarks print figures; tests never assert timings. Each benchmark is a sub-subcommand
-registered in BENCHMARKS (nmea, wire, memory, gateway now; geofence later).
+registered in BENCHMARKS (nmea, wire, memory, gateway, geofence).
 
   nmea  the firmware NMEA parser under `micropython -X heapsize=64K`: sentences/s and
         heap bytes allocated per sentence (gc.mem_alloc() around the loop, gc disabled),
@@ -13,6 +13,9 @@ registered in BENCHMARKS (nmea, wire, memory, gateway now; geofence later).
   gateway  `vantrack gateway` in its own process under load from many virtual vans
         (tools/loadgen.py): reports/s committed, p50/p99 latency, loss, against a bare
         aiocoap resource that stores nothing.
+  geofence  the firmware's geofence engine under `micropython -X heapsize=64K`: us and heap
+        bytes per fix with 10, 100 and 500 stops, against a naive check-every-fence
+        version in the same run; heap bytes per fence (tools/fencebench.py).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
-from . import loadgen, membench, mpy, wirebench
+from . import fencebench, loadgen, membench, mpy, wirebench
 from .nmeadecode import strip_comments
 
 REPO = Path(__file__).resolve().parent.parent
@@ -179,4 +182,5 @@ BENCHMARKS: dict[
     "wire": (wirebench.setup_bench, wirebench.run),
     "memory": (membench.setup_bench, membench.run),
     "gateway": (loadgen.setup_bench, loadgen.bench_gateway),
+    "geofence": (fencebench.setup_bench, fencebench.run),
 }
