@@ -1,6 +1,5 @@
 # Board layer for the ESP32: the only module that touches pins, UARTs and the filesystem
 # layout of the real device. Everything else receives streams and directories from here.
-import asyncio
 import os
 import sys
 
@@ -39,9 +38,9 @@ class Board:
         self._led = Pin(cfg["status_led"], Pin.OUT)
 
     def gps_stream(self):
-        # machine.UART is a stream the asyncio poller understands: awaiting readinto()
-        # suspends the task until bytes arrive, so other tasks keep running.
-        return asyncio.StreamReader(self.gps_uart)
+        # machine.UART is a stream the asyncio poller understands (aio.readable): the GPS
+        # task waits for bytes without holding up the others.
+        return self.gps_uart
 
     def led(self, on):
         if self._led is not None:

@@ -6,16 +6,16 @@
 # the buffer as it was, so a sender can ship what it has and go on; mark()/rewind() undo a
 # record that was only partly written.
 #
-# Hot path: ints, heads, array/map headers, bools, null and bytes go straight into the
-# buffer with integer maths and struct.pack_into, and allocate nothing while the ints are
-# small (31-bit on the ESP32). Long ints work too: pack_into takes them as they are, and
-# only a negative one allocates (for -1 - v). text() allocates one memoryview to see a
-# str's UTF-8 bytes.
+# Hot path: ints, heads, array/map headers, null and bytes go straight into the buffer
+# with integer maths and struct.pack_into, and allocate nothing while the ints are small
+# (31-bit on the ESP32). Long ints work too: pack_into takes them as they are, and only a
+# negative one allocates (for -1 - v).
 #
-# Floats, encoding any Python value and dumps() are in cborx.py: the van's reports use
-# none of them, and every module the device imports costs heap (its bytecode lives there
-# unless frozen). It does not decode, sort map keys, or write tags, bignums (beyond 64
-# bits raises ValueError) or indefinite lengths. The wire format lives in report.py.
+# Text, booleans, raw CBOR, floats, encoding any Python value and dumps() are in
+# cborx.py: the van's reports use none of them, and every function the device imports
+# costs heap (its bytecode lives there unless frozen). It does not decode, sort map
+# keys, or write tags, bignums (beyond 64 bits raises ValueError) or indefinite lengths.
+# The wire format lives in report.py.
 import struct
 
 from micropython import const
@@ -24,12 +24,9 @@ from micropython import const
 _UINT = const(0)
 _NINT = const(1)
 _BYTES = const(2)
-_TEXT = const(3)
 _ARRAY = const(4)
 _MAP = const(5)
 
-_FALSE = const(0xF4)
-_TRUE = const(0xF5)
 _NULL = const(0xF6)
 
 
@@ -135,13 +132,6 @@ class Writer:
             raise TypeError("bytes() takes bytes, not str")
         self._string(_BYTES, b)
 
-    def text(self, s):
-        if not isinstance(s, str):
-            raise TypeError("text() takes str")
-        # MicroPython's str exposes its UTF-8 bytes as a buffer (the stubs, like CPython,
-        # say it has none).
-        self._string(_TEXT, memoryview(s))  # type: ignore[arg-type]
-
     def _string(self, major, data):
         k = len(data)
         n = self.n
@@ -153,16 +143,6 @@ class Writer:
         self.buf[n : n + k] = data
         self.n = n + k
 
-    def raw(self, data):
-        # Append bytes that already are CBOR, e.g. records built in another Writer, as they
-        # are. `data` must not be a view of this Writer's own buffer.
-        k = len(data)
-        n = self.n
-        if n + k > self._size:
-            raise BufferFull()
-        self.buf[n : n + k] = data
-        self.n = n + k
-
     # ---- containers (the caller writes the n items, or n key/value pairs) ---------------
     def array(self, n):
         self.head(_ARRAY, n)
@@ -170,10 +150,7 @@ class Writer:
     def map(self, n):
         self.head(_MAP, n)
 
-    # ---- simple values and floats -------------------------------------------------------
-    def bool(self, v):
-        self._byte(_TRUE if v else _FALSE)
-
+    # ---- simple values (booleans, text, raw CBOR and floats: cborx.Writer) ---------------
     def null(self):
         self._byte(_NULL)
 

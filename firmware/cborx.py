@@ -28,6 +28,8 @@ MAP = const(5)
 TAG = const(6)
 SIMPLE = const(7)
 
+_FALSE = const(0xF4)
+_TRUE = const(0xF5)
 _F16 = const(0xF9)
 _F32 = const(0xFA)
 _F64 = const(0xFB)
@@ -67,6 +69,27 @@ class Writer(cbor.Writer):
         super().__init__(size)
         self._f = bytearray(8)  # a float's packed bits, before choosing its width
         self._f4 = memoryview(self._f)[:4]  # those of a single (ESP32)
+
+    def text(self, s):
+        # Allocates one memoryview to see the str's UTF-8 bytes.
+        if not isinstance(s, str):
+            raise TypeError("text() takes str")
+        # MicroPython's str exposes its UTF-8 bytes as a buffer (the stubs, like CPython,
+        # say it has none).
+        self._string(TEXT, memoryview(s))  # type: ignore[arg-type]
+
+    def raw(self, data):
+        # Append bytes that already are CBOR, e.g. items built in another Writer, as they
+        # are. `data` must not be a view of this Writer's own buffer.
+        k = len(data)
+        n = self.n
+        if n + k > self._size:
+            raise BufferFull()
+        self.buf[n : n + k] = data
+        self.n = n + k
+
+    def bool(self, v):
+        self._byte(_TRUE if v else _FALSE)
 
     def float(self, f):
         self._float(f, _DOUBLE)

@@ -7,13 +7,15 @@
 # doubling, randomised timeout (RFC 7252 4.2, 4.8), matches ACK/RST by message ID and
 # responses by token, ACKs separate responses, ignores duplicates and strays and ends
 # every request in a coapmsg.Result whose `decision` tells the caller what to do with
-# the payload (coapmsg.decide(); decisions, reasons and Result live in coapmsg, and
-# callers take them from there).
+# the payload (decisions and Result live in coapmsg, and callers take them from there;
+# the reasons a request got no response are named where they arise, below, and listed
+# at coapmsg.Result). A request's own timer task sends it and resends it.
 #
 # Memory: requests are encoded in a preallocated buffer and a retransmission resends
 # the bytes already encoded. A request allocates its token, option list and timer task;
 # each datagram received is one bytes object from recv() (a socket stream read cannot
-# keep datagrams apart, see _receive), parsed into a Message and a Result.
+# keep datagrams apart, see _receive), parsed into a tuple and a Result. Every method
+# costs heap once imported, so there are few: sending is written out where it happens.
 # Encoding and parsing: coapmsg.py.
 #
 # It does not do blockwise transfers itself (a caller sends Block2 as an option),
@@ -26,6 +28,7 @@ import random
 import socket
 import time
 
+import aio
 import coapmsg
 from micropython import const
 
@@ -63,7 +66,7 @@ class Client:
         tx_size=None,
     ):
         if not 0 < token_len <= 8:
-            raise ValueError("token_len must be 1..8")
+            raise ValueError("token_len")  # 1..8 bytes
         self.addr = (host, port)
         self.rx_size = rx_size
         self.ack_timeout_ms = ack_timeout_ms
@@ -74,20 +77,19 @@ class Client:
         self._sock = None
         self._reader = None  # the receive task
         self._tkl = token_len
+        # The request in flight (or the last one): its MID, token, state, transmissions
+        # and result. MIDs start at random, then count up (RFC 7252 4.4).
         self._mid = random.getrandbits(16)
-        # The request in flight: its MID, token, state, transmissions and result.
-        self._xmid = -1
         self._token = b""
         self._state = _DONE
         self._n = 0
         self._result = None
         self._ended = asyncio.Event()  # the request in flight has its result
-        # Requests queue on _busy, waking on _free (an asyncio.Lock would cost the heap
-        # its module for what these few lines do).
-        self._busy = False
+        # Set while no request is in flight: the others wait on it (an asyncio.Lock
+        # would cost the heap its module for what these few lines do).
         self._free = asyncio.Event()
-        self._recent = [-1] * _RECENT
-        self._ri = 0
+        self._free.set()
+        self._recent = [-1] * _RECENT  # MIDs of the last separate responses, oldest first
         self._tx = bytearray(tx_size or rx_size)
         self._ctl = bytearray(4)  # empty ACK / RST
         self.stats = {
@@ -100,8 +102,9 @@ class Client:
             "unexpected": 0,  # requests or pings sent to us: RST
         }
 
-    async def post(self, uri_path, payload, content_format=_CBOR):
-        return await self.request(_POST, uri_path, payload, content_format)
+    def post(self, uri_path, payload, content_format=_CBOR):
+        # Awaitable: request()'s own coroutine (a coroutine around it would cost a frame).
+        return self.request(_POST, uri_path, payload, content_format)
 
     async def request(self, method, uri_path, payload=b"", content_format=None, options=()):
         # uri_path: "/a/b" or, better, coapmsg.path("/a/b") made once; options: more
@@ -113,28 +116,32 @@ class Client:
         if content_format is not None:
             opts.append((_CONTENT_FORMAT, coapmsg.uint(content_format)))
         opts.extend(options)
-        while self._busy:
+        while not self._free.is_set():
             await self._free.wait()
-        self._busy = True
+        self._free.clear()
         timer = None
         try:
-            mid = self._mid = (self._mid + 1) & 0xFFFF  # random start, then +1 (4.4)
+            mid = self._mid = (self._mid + 1) & 0xFFFF
             token = os.urandom(self._tkl)
             n = coapmsg.encode_into(self._tx, _CON, method, mid, token, opts, payload)
-            try:
-                self._open()
-            except OSError:  # no DNS answer or no interface yet (Wi-Fi still joining)
-                return coapmsg.Result(coapmsg.RETRY, 0, coapmsg.UNREACHABLE)
-            self._xmid = mid
+            if not self._sock:
+                try:
+                    # Once: DNS may block. It fails while Wi-Fi is still joining.
+                    addr = socket.getaddrinfo(*self.addr)[0][-1]
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    s.setblocking(False)
+                    s.connect(addr)
+                except OSError:
+                    return coapmsg.Result(0, "unreachable")
+                self._sock = s
+                self._reader = asyncio.create_task(self._receive())
             self._token = token
-            self._n = 1
+            self._n = 0
             self._result = None
             self._ended.clear()
             self._state = _WAIT_ACK
-            self.stats["sent"] += 1
-            msg = memoryview(self._tx)[:n]  # ours until this request ends: resent as is
-            self._send(msg)
-            timer = asyncio.create_task(self._retransmit(msg, time.ticks_ms()))
+            # _tx is ours until this request ends: the timer sends and resends it as is.
+            timer = asyncio.create_task(self._transmit(memoryview(self._tx)[:n]))
             await self._ended.wait()
             return self._result
         finally:
@@ -142,33 +149,14 @@ class Client:
             self._state = _DONE
             if timer:
                 timer.cancel()
-            self._busy = False
             self._free.set()  # wakes the waiting requests: the first to run goes
-            self._free.clear()
 
-    def _open(self):
-        if not self._sock:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.setblocking(False)
-            s.connect(socket.getaddrinfo(*self.addr)[0][-1])  # once: DNS may block
-            self._sock = s
-            self._reader = asyncio.create_task(self._receive(asyncio.StreamReader(s)))
-
-    def _send(self, data):
-        try:
-            self._sock.send(data)  # type: ignore[union-attr]  # _open() came first
-        except OSError:
-            # Interface down or no route: the datagram is lost, the timers carry on.
-            self.errors += 1
-
-    async def _receive(self, reader):
-        # A stream read (readinto) keeps reading until its buffer is full and so runs
-        # queued datagrams together; recv() returns exactly one. Reading into an empty
-        # buffer just waits, through the asyncio poller, until one is there.
-        ready = bytearray(0)
+    async def _receive(self):
+        # Wait (through the asyncio poller) until a datagram is there, then recv() it:
+        # exactly one datagram, where a stream read would run queued ones together.
         while True:
             try:
-                await reader.readinto(ready)
+                await aio.readable(self._sock)
                 data = self._sock.recv(self.rx_size + 1)  # type: ignore[union-attr]
                 self._dispatch(data)
             except OSError as e:
@@ -184,33 +172,40 @@ class Client:
                 self.errors += 1
                 await asyncio.sleep_ms(50)
 
-    def _finish(self, decision, reason=None, msg=None, separate=False):
+    def _finish(self, reason=None, msg=None, separate=False):
+        # Ends the request in flight (if any): with the response msg, else for reason.
         if self._state != _DONE:
             self._state = _DONE
-            self._result = coapmsg.Result(decision, self._n, reason, msg, separate)
+            self._result = coapmsg.Result(self._n, reason, msg, separate)
             self._ended.set()
 
-    async def _retransmit(self, msg, start):
-        # Resend after t, 2t, 4t... (t random in [ACK_TIMEOUT, ACK_TIMEOUT * factor]);
-        # give up when MAX_RETRANSMIT resends went unanswered. Once ACKed, wait for the
-        # separate response until the end of the request's lifetime.
+    async def _transmit(self, msg):
+        # The request's timer: send, then resend after t, 2t, 4t... (t random in
+        # [ACK_TIMEOUT, ACK_TIMEOUT * factor]) until an ACK or the response comes; give up
+        # when MAX_RETRANSMIT resends went unanswered. Once ACKed, wait for the separate
+        # response until the end of the request's lifetime.
+        start = time.ticks_ms()
         t = self.ack_timeout_ms + random.getrandbits(16) % (self._jitter + 1)
+        st = self.stats
         while self._state == _WAIT_ACK:
-            await asyncio.sleep_ms(t)
-            if self._state != _WAIT_ACK:
-                break
             if self._n > self.max_retransmit:
-                self._finish(coapmsg.RETRY, coapmsg.TIMEOUT)
+                self._finish("timeout")  # no ACK after MAX_RETRANSMIT resends
                 return
+            if self._n:
+                st["retransmitted"] += 1
             self._n += 1
-            self.stats["sent"] += 1
-            self.stats["retransmitted"] += 1
-            self._send(msg)
+            st["sent"] += 1
+            try:
+                self._sock.send(msg)  # type: ignore[union-attr]  # request() opened it
+            except OSError:
+                # Interface down or no route: the datagram is lost, the timer carries on.
+                self.errors += 1
+            await asyncio.sleep_ms(t)
             t <<= 1
         if self._state == _WAIT_RESPONSE:
             left = self.lifetime_ms - time.ticks_diff(time.ticks_ms(), start)
             await asyncio.sleep_ms(max(0, left))
-            self._finish(coapmsg.RETRY, coapmsg.NO_RESPONSE)
+            self._finish("no_response")  # ACKed, but no response came
 
     def _dispatch(self, data):
         # One datagram: match it to the request in flight, or count it.
@@ -218,63 +213,63 @@ class Client:
         st["received"] += 1
         try:
             if len(data) > self.rx_size:
-                raise coapmsg.FormatError("larger than the receive size: cut short")
+                raise ValueError  # larger than the receive size: cut short
             msg = coapmsg.parse(data)
-        except coapmsg.FormatError:
+        except ValueError:
             st["malformed"] += 1
-            if len(data) >= 4 and data[0] & 0xF0 == 0x40:  # a CON of version 1
-                self._control(_RST, data[2] << 8 | data[3])
-            return
-        mtype = msg.type
-        code = msg.code
-        mid = msg.mid
-        state = self._state
-        if mtype >= _ACK:
-            if state == _DONE or mid != self._xmid or (code and msg.token != self._token):
-                st["stray"] += 1  # late, or carries another request's response
-            elif state != _WAIT_ACK:
-                st["duplicate"] += 1
-            elif code:
-                if mtype == _ACK:
-                    self._finish(coapmsg.decide(code), None, msg)
+            if len(data) < 4 or data[0] & 0xF0 != 0x40:
+                return  # not a CON of version 1: nothing to answer
+            # A CON that cannot be understood is answered with RST (RFC 7252 4.2).
+            mtype = _CON
+            mid = data[2] << 8 | data[3]
+            reply = _RST
+        else:
+            mtype, code, mid, token, _, _ = msg
+            state = self._state
+            if mtype >= _ACK:
+                if state == _DONE or mid != self._mid or (code and token != self._token):
+                    st["stray"] += 1  # late, or carries another request's response
+                elif state != _WAIT_ACK:
+                    st["duplicate"] += 1
+                elif code:
+                    if mtype == _ACK:
+                        self._finish(None, msg)
+                    else:
+                        st["malformed"] += 1  # RST must be empty
+                elif mtype == _RST:
+                    self._finish("reset")  # the server rejected the request
                 else:
-                    st["malformed"] += 1  # RST must be empty
-            elif mtype == _RST:
-                self._finish(coapmsg.RETRY, coapmsg.RESET)
+                    self._state = _WAIT_RESPONSE
+                return
+            # A CON or NON: a request, or a separate response. Only a CON is answered,
+            # with an empty ACK or RST (`reply`).
+            if code >> 5 == 0:  # a ping (0.00) or a request: we serve nothing
+                st["unexpected"] += 1
+                reply = _RST
+            elif mtype == _CON and mid in self._recent:
+                st["duplicate"] += 1  # our ACK of it was lost: ACK again, deliver nothing
+                reply = _ACK
+            elif state == _DONE or token != self._token:
+                st["stray"] += 1  # a response to no request in flight: RFC 7252 5.3.2
+                reply = _RST
             else:
-                self._state = _WAIT_RESPONSE
-            return
-        # CON or NON.
-        con = mtype == _CON
-        if code >> 5 == 0:  # a ping (0.00) or a request: we serve nothing
-            st["unexpected"] += 1
-            if con:
-                self._control(_RST, mid)
-            return
-        if con and mid in self._recent:
-            st["duplicate"] += 1  # our ACK of it was lost: ACK again, deliver nothing
-            self._control(_ACK, mid)
-            return
-        if state == _DONE or msg.token != self._token:
-            st["stray"] += 1  # a response to no request in flight: RFC 7252 5.3.2
-            if con:
-                self._control(_RST, mid)
-            return
-        if con:
-            self._control(_ACK, mid)
-            self._recent[self._ri] = mid
-            self._ri = (self._ri + 1) % _RECENT
-        # A CON response before the empty ACK also ends retransmission (RFC 7252 5.2.2).
-        self._finish(coapmsg.decide(code), None, msg, True)
-
-    def _control(self, mtype, mid):
-        coapmsg.encode_into(self._ctl, mtype, _EMPTY, mid)
-        self._send(self._ctl)
+                reply = _ACK
+                if mtype == _CON:
+                    self._recent.pop(0)  # the list keeps its room: no allocation
+                    self._recent.append(mid)
+                # A CON response before the empty ACK also ends retransmission (5.2.2).
+                self._finish(None, msg, True)
+        if mtype == _CON:
+            coapmsg.encode_into(self._ctl, reply, _EMPTY, mid)
+            try:
+                self._sock.send(self._ctl)  # type: ignore[union-attr]
+            except OSError:
+                self.errors += 1  # lost: the peer will repeat its CON
 
     def close(self):
-        # Stops the receiver, closes the socket, ends a waiting request with CLOSED.
+        # Stops the receiver, closes the socket, ends a waiting request ("closed").
         if self._reader:
             self._reader.cancel()
             self._sock.close()  # type: ignore[union-attr]
         self._sock = self._reader = None
-        self._finish(coapmsg.RETRY, coapmsg.CLOSED)
+        self._finish("closed")

@@ -3,15 +3,22 @@
 # Options are generic (number, value) pairs: the encoder writes any option with the
 # delta/length nibbles and their 13/14 extensions, in option-number order (repeatable
 # options keep their given order), and the parser returns every option as a
-# (number, bytes) pair, so Block2, ETag, Observe... need no change here. Integer option
+# (number, value) pair, so Block2, ETag, Observe... need no change here. Integer option
 # values use uint()/to_uint() (RFC 7252 3.2: big-endian, shortest form).
 #
-# It also says what a response means for the sender: decide() maps a response code to a
-# decision, Result carries one request's outcome (decisions and reasons are named here,
+# It also says what a response means for the sender: a Result carries one request's
+# outcome and its decision, worked out from the response code (decisions are named here,
 # the client's callers use them from here).
 #
 # It does not send, retransmit or match anything (coap.py does), and does not interpret
 # options beyond their format.
+#
+# Memory: every function, class and string constant costs heap on the device once
+# imported, so this module keeps to what its callers use: a parsed message is a tuple,
+# not an object of its own; a format error is a plain ValueError; the option-header
+# arithmetic is written out where it is used; and error messages are a word or two
+# (a short string is an interned qstr, a sentence a string object of its own): the
+# comment at each raise says what broke.
 #
 # Numbers (RFC 7252): message types CON 0, NON 1, ACK 2, RST 3. Codes are class << 5 |
 # detail, 2.04 is 68 (code_str() prints "2.04"): EMPTY 0, GET 1, POST 2, PUT 3, DELETE 4.
@@ -26,22 +33,7 @@ _MAX_TOKEN = const(8)
 _MARKER = const(0xFF)
 _EMPTY = const(0)  # code 0.00
 _MAX_AGE = const(14)  # option number
-
-
-class FormatError(ValueError):
-    # A message that breaks RFC 7252 3: the caller counts it and, for a CON, may RST it.
-    pass
-
-
-class Message:
-    # A parsed message. options: list of (number, bytes) in wire order.
-    def __init__(self, mtype, code, mid, token):
-        self.type = mtype
-        self.code = code
-        self.mid = mid
-        self.token = token
-        self.options = []
-        self.payload = b""
+_NO_OPTION = const(65805)  # above every option number the format can carry
 
 
 def opt(options, number, default=None):
@@ -62,58 +54,20 @@ def uint(n):
     ln = 0
     while n >> 8 * ln:
         ln += 1
-    out = bytearray(ln)
-    while ln:
-        ln -= 1
-        out[ln] = n & 0xFF
-        n >>= 8
-    return bytes(out)
+    return n.to_bytes(ln, "big")
 
 
 def to_uint(value):
-    n = 0
-    for b in value:
-        n = n << 8 | b
-    return n
-
-
-def _sorted(options):
-    # Stable insertion sort by number (MicroPython's sort is not stable, and Uri-Path
-    # segments must keep their order); option lists are a handful long.
-    out = list(options)
-    for i in range(1, len(out)):
-        o = out[i]
-        j = i
-        while j and out[j - 1][0] > o[0]:
-            out[j] = out[j - 1]
-            j -= 1
-        out[j] = o
-    return out
-
-
-def _put(buf, i, n):
-    # Writes the extension bytes of a delta or length n (after its nibble); next index.
-    if n >= 269:
-        n -= 269
-        buf[i] = n >> 8
-        buf[i + 1] = n & 0xFF
-        return i + 2
-    if n >= 13:
-        buf[i] = n - 13
-        return i + 1
-    return i
-
-
-def _nib(n):
-    return n if n < 13 else 13 if n < 269 else 14
+    return int.from_bytes(value, "big")
 
 
 def encode_into(buf, mtype, code, mid, token=b"", options=(), payload=b""):
-    # Writes the message at the start of buf; returns its length. Options may come in
-    # any order. Raises ValueError if it does not fit or breaks the format.
+    # Writes the message at the start of buf; returns its length. options: a list or
+    # tuple of (number, value) in any order. Raises ValueError if it does not fit or
+    # breaks the format.
     tkl = len(token)
     if tkl > _MAX_TOKEN:
-        raise ValueError("token longer than 8 bytes")
+        raise ValueError("too large")  # a token has 0 to 8 bytes
     end = len(buf)
     buf[0] = _VERSION << 6 | mtype << 4 | tkl
     buf[1] = code
@@ -121,79 +75,120 @@ def encode_into(buf, mtype, code, mid, token=b"", options=(), payload=b""):
     buf[3] = mid & 0xFF
     i = 4 + tkl
     buf[4:i] = token
-    last = 0
-    for num, _ in options:
-        if num < last:
-            options = _sorted(options)
+    # Options go by number, each number's in their given order (Uri-Path segments must
+    # keep theirs): pick the lowest number not written yet, write its options, repeat.
+    # This sorts without a sorted copy or a stable sort (MicroPython's is not), and
+    # option lists are a handful long.
+    last = 0  # number of the option written last: each header holds the difference
+    low = 0  # numbers below this are written
+    written = 0
+    while True:
+        num = _NO_OPTION
+        for n, _ in options:
+            if low <= n < num:
+                num = n
+        if num == _NO_OPTION:
             break
-        last = num
-    last = 0
-    for num, value in options:
-        delta = num - last
-        last = num
-        ln = len(value)
-        if delta > 65804 or ln > 65804 or i + 5 + ln > end:
-            raise ValueError("option too large")
-        buf[i] = _nib(delta) << 4 | _nib(ln)
-        i = _put(buf, _put(buf, i + 1, delta), ln)
-        buf[i : i + ln] = value
-        i += ln
+        for n, value in options:
+            if n != num:
+                continue
+            ln = len(value)
+            if ln > 65804 or i + 5 + ln > end:
+                raise ValueError("too large")
+            # Header byte: the delta nibble, then the length nibble. 13 and 14 say that
+            # 1 or 2 extension bytes follow the header with n - 13 or n - 269 (RFC 7252
+            # 3.1); the delta's come first.
+            head = i
+            i += 1
+            nibs = 0
+            x = num - last
+            for _ in range(2):  # the delta, then the length
+                nibs <<= 4
+                if x < 13:
+                    nibs |= x
+                elif x < 269:
+                    nibs |= 13
+                    buf[i] = x - 13
+                    i += 1
+                else:  # up to 65804 (_NO_OPTION - 1; lengths checked above)
+                    nibs |= 14
+                    x -= 269
+                    buf[i] = x >> 8
+                    buf[i + 1] = x & 0xFF
+                    i += 2
+                x = ln
+            buf[head] = nibs
+            buf[i : i + ln] = value
+            i += ln
+            last = num
+            written += 1
+        low = num + 1
+    if written != len(options):
+        raise ValueError("bad option")  # a number below 0 or above 65804: left out
     if payload:
         ln = len(payload)
         if i + 1 + ln > end:
-            raise ValueError("payload too large")
+            raise ValueError("too large")
         buf[i] = _MARKER
         buf[i + 1 : i + 1 + ln] = payload
         i += 1 + ln
     return i
 
 
-def _ext(data, i, end, n):
-    # Value of a delta/length nibble n with its extension bytes; returns (value, next i).
-    if n < 13:
-        return n, i
-    if n == 15:
-        raise FormatError("reserved option nibble 15")
-    k = n - 12  # extension bytes: 1 or 2
-    if i + k > end:
-        raise FormatError("truncated option")
-    if k == 1:
-        return data[i] + 13, i + 1
-    return (data[i] << 8 | data[i + 1]) + 269, i + 2
-
-
-def parse(data, n=-1):
-    # Message from the first n bytes of data (all of it if n < 0). Raises FormatError.
-    if n < 0:
-        n = len(data)
+def parse(data):
+    # The message in data (one datagram) as a tuple (type, code, mid, token, options,
+    # payload), options a list of (number, value) in wire order. Token, values and
+    # payload are slices of data: bytes from bytes (each one allocation), views from a
+    # memoryview. A message that breaks RFC 7252 3 raises ValueError("malformed"): the
+    # caller counts it and, for a CON, may RST it.
+    n = len(data)
     if n < 4 or data[0] >> 6 != _VERSION:
-        raise FormatError("no CoAP version 1 header")
+        raise ValueError("malformed")  # no header of CoAP version 1
     tkl = data[0] & 15
     code = data[1]
-    if tkl > _MAX_TOKEN or 4 + tkl > n:
-        raise FormatError("bad token length")
-    if code == _EMPTY and n != 4:
-        raise FormatError("empty message with content")
-    mv = memoryview(data)
     i = 4 + tkl
-    msg = Message(data[0] >> 4 & 3, code, data[2] << 8 | data[3], bytes(mv[4:i]))
+    if tkl > _MAX_TOKEN or i > n:
+        raise ValueError("malformed")  # token longer than 8 bytes or cut short
+    if code == _EMPTY and n != 4:
+        raise ValueError("malformed")  # an empty message (0.00) with more
+    options = []
+    payload = b""
     num = 0
-    options = msg.options
-    while i < n:
-        b = data[i]
-        if b == _MARKER:
-            if i + 1 >= n:
-                raise FormatError("payload marker without payload")
-            msg.payload = bytes(mv[i + 1 : n])
-            break
-        delta, i = _ext(data, i + 1, n, b >> 4)
-        ln, i = _ext(data, i, n, b & 15)
-        if i + ln > n:
-            raise FormatError("truncated option value")
-        num += delta
-        options.append((num, bytes(mv[i : i + ln])))
-        i += ln
-    return msg
+    try:
+        # Reading an extension byte past the end raises IndexError: cut short.
+        while i < n:
+            b = data[i]
+            i += 1
+            if b == _MARKER:
+                if i == n:
+                    raise ValueError("malformed")  # payload marker, no payload
+                payload = data[i:]
+                break
+            delta = b >> 4
+            ln = b & 15
+            if delta == 15 or ln == 15:
+                raise ValueError("malformed")  # reserved: only 0xFF (the marker)
+            # 13 and 14: 1 or 2 extension bytes follow, the delta's first (RFC 7252 3.1).
+            if delta == 13:
+                delta = data[i] + 13
+                i += 1
+            elif delta == 14:
+                delta = (data[i] << 8 | data[i + 1]) + 269
+                i += 2
+            if ln == 13:
+                ln = data[i] + 13
+                i += 1
+            elif ln == 14:
+                ln = (data[i] << 8 | data[i + 1]) + 269
+                i += 2
+            if i + ln > n:
+                raise IndexError  # the value is cut short: handled below
+            num += delta
+            options.append((num, data[i : i + ln]))
+            i += ln
+    except IndexError:
+        raise ValueError("malformed") from None
+    return data[0] >> 4 & 3, code, data[2] << 8 | data[3], data[4 : 4 + tkl], options, payload
 
 
 # Decisions: what the caller does with the payload after a request.
@@ -201,33 +196,6 @@ DONE = "done"  # accepted (2.xx)
 DROP = "drop"  # will never be accepted as sent (4.00, 4.02, 4.13, 4.15, 4.22): count, log
 BACKOFF = "backoff"  # device unknown or misconfigured (4.01, 4.03, 4.04...): much later
 RETRY = "retry"  # server busy or unreachable (5.xx, 4.29, no answer, RST): later
-
-# Why a request ended without a response code.
-TIMEOUT = "timeout"  # no ACK after MAX_RETRANSMIT retransmissions
-RESET = "reset"  # the server rejected the request with RST
-NO_RESPONSE = "no_response"  # ACKed, but no separate response within the lifetime
-CLOSED = "closed"  # the client was closed while the request waited
-UNREACHABLE = "unreachable"  # the server's name or a socket could not be had
-
-
-def decide(code):
-    # The decision for a response code: a few 4.xx codes have their own, the rest follow
-    # their class.
-    if code in (128, 130, 141, 143, 150):
-        # 4.00 Bad Request, 4.02 Bad Option, 4.13 Request Entity Too Large,
-        # 4.15 Unsupported Content-Format, 4.22 Unprocessable Entity (RFC 8132)
-        return DROP
-    if code == 157:  # 4.29 Too Many Requests (RFC 8516)
-        return RETRY
-    cls = code >> 5
-    if cls == 2:
-        return DONE
-    if cls == 5:
-        return RETRY
-    # 4.01 Unauthorized, 4.03 Forbidden, 4.04 Not Found, other 4.xx (4.05 wrong method,
-    # 4.06...) and codes no server should send: something is misconfigured, and dropping
-    # would lose the payload.
-    return BACKOFF
 
 
 def path(p):
@@ -240,23 +208,47 @@ def path(p):
 
 
 class Result:
-    # One request's outcome. code: the response code (int; code_str() prints it),
-    # or None when no response came, and then reason says why (TIMEOUT, RESET...).
-    # retry_after: Max-Age seconds of a 5.xx or 4.29 response, else None.
-    # tx: transmissions of the request; separate: the response came apart from the ACK.
-    def __init__(self, decision, tx, reason=None, msg=None, separate=False):
-        self.decision = decision
+    # One request's outcome: its decision, and the response, if one came.
+    # code: the response code (int; code_str() prints it), or None when no response came,
+    # and then the decision is RETRY and reason says why (coap.py's reasons: "timeout",
+    # no ACK after MAX_RETRANSMIT retransmissions; "reset", the server sent RST;
+    # "no_response", ACKed but no separate response within the lifetime; "closed", the
+    # client was closed meanwhile; "unreachable", no address or socket for the server).
+    # payload, options: the response's. retry_after: Max-Age seconds of a 5.xx or 4.29
+    # response, else None. tx: transmissions of the request; separate: the response came
+    # apart from the ACK. msg: parse()'s tuple of the response.
+    #
+    # The defaults below live on the class, not in each object: a result holds only the
+    # fields it sets (three without a response, up to eight with one): it stays small.
+    code = None  # type: int | None
+    payload = b""
+    options = ()  # type: list | tuple
+    retry_after = None  # type: int | None
+    separate = False
+
+    def __init__(self, tx, reason=None, msg=None, separate=False):
         self.tx = tx
         self.reason = reason
+        self.decision = RETRY
+        if msg is None:
+            return
+        self.code = code = msg[1]
+        self.options = msg[4]
+        self.payload = msg[5]
         self.separate = separate
-        self.code = None
-        self.payload = b""
-        self.options = []
-        self.retry_after = None
-        if msg:
-            self.code = msg.code
-            self.payload = msg.payload
-            self.options = opts = msg.options
-            v = opt(opts, _MAX_AGE)
-            if v is not None and decision == RETRY:
+        cls = code >> 5
+        if code in (128, 130, 141, 143, 150):
+            # 4.00 Bad Request, 4.02 Bad Option, 4.13 Request Entity Too Large,
+            # 4.15 Unsupported Content-Format, 4.22 Unprocessable Entity (RFC 8132)
+            self.decision = DROP
+        elif cls == 2:
+            self.decision = DONE
+        elif cls == 5 or code == 157:  # 4.29 Too Many Requests (RFC 8516)
+            v = opt(msg[4], _MAX_AGE)
+            if v is not None:
                 self.retry_after = to_uint(v)
+        else:
+            # 4.01 Unauthorized, 4.03 Forbidden, 4.04 Not Found, other 4.xx (4.05 wrong
+            # method, 4.06...) and codes no server should send: something is
+            # misconfigured, and dropping would lose the payload.
+            self.decision = BACKOFF

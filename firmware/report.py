@@ -68,13 +68,14 @@ class Batch:
         self.seq = 0
         self.t0 = 0
         self._ds = 0  # deciseconds since t0 of the last record
+        self._end = _HEAD_MAX  # where the records end in the buffer
         self._lat = 0
         self._lon = 0
 
     def start(self, seq, t0):
         # A new report whose first record gets `seq` and whose time base is `t0`
         # (GPS seconds since 2000).
-        self._recs.n = _HEAD_MAX
+        self._recs.n = self._end = _HEAD_MAX
         self.count = 0
         self.seq = seq
         self.t0 = t0
@@ -123,6 +124,7 @@ class Batch:
         self._ds = ds
         self._lat = fix.lat
         self._lon = fix.lon
+        self._end = w.n
         self.count += 1
         return True
 
@@ -168,12 +170,14 @@ class Batch:
             w.rewind(mark)
             return False
         self._ds = ds
+        self._end = w.n
         self.count += 1
         return True
 
     def seal(self):
         # The finished report as a memoryview into the batch's own buffer: copy it
-        # (bytes(...)) before starting the next report.
+        # (bytes(...)) before starting the next report. Sealing again (say, after a
+        # MemoryError in the caller's copy) gives the same bytes.
         w = self._head
         w.reset()
         w.map(6)
@@ -188,6 +192,7 @@ class Batch:
         w.uint(_K_RECORDS)
         w.array(self.count)
         r = self._recs
+        r.n = self._end
         start = _HEAD_MAX - w.n
         r.buf[start:_HEAD_MAX] = w.getvalue()
         report = r.getvalue()[start:]

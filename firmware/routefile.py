@@ -1,13 +1,5 @@
-# The day's route on the van: fetched from the gateway into a flash file, read back from
-# it fence by fence.
-#
-# The gateway serves the route as CBOR (gateway/route.cddl, docs/routes.md) on
-# GET /rt?d=<device>&m=<mac>, with an ETag and block-wise (RFC 7959 Block2) when it is
-# larger than one datagram. fetch() asks for it block by block and writes each block to
-# a temporary file, renamed over the route file only once the last block came with the
-# same ETag as the first (rename is atomic on LittleFS and POSIX): a power cut or a
-# route replaced mid-transfer never leaves half a route. A route that did not change
-# costs one 2.03 Valid.
+# The day's route on the van, read back fence by fence from the flash file the uplink
+# fetched it into (uplink.fetch_route; the format: gateway/route.cddl, docs/routes.md).
 #
 # Reading never holds the file or its decoded form in the heap: open() returns the
 # header (format, version, params, depot) and two sequences, stops then zones, whose
@@ -17,67 +9,17 @@
 # a 30-bit hash of its id instead, so a route replaced mid-day can be matched stop by
 # stop with the one it replaces.
 #
-# It does not decide anything about fences (fence.py does) nor when to fetch (uplink).
-import binascii
-import os
+# load() builds the geofence (fence.Geofence) from the file and carries the progress
+# over: from the state file the tracker saves if it belongs to this very route (a
+# reboot), else from the geofence being replaced, stop by stop (matched by id hash).
+#
+# It does not decide anything about fences (fence.py does) nor fetch the route
+# (uplink). The tracker imports it only while it builds a geofence.
+import hashlib
 
-import coapmsg
 from micropython import const
 
-_GET = const(1)
-_VALID = const(67)  # 2.03
-_ETAG = const(4)
-_URI_QUERY = const(15)
-_BLOCK2 = const(23)
-_SZX = const(4)  # 256-byte blocks: a block and its header fit the client's rx buffer
 _FORMAT = const(1)
-_RT = (b"rt",)
-
-
-def mac_query(mac, device_id):
-    # The route request's proof of identity (report.Mac: HMAC-SHA256/64 with the device
-    # key) over "vantrack-route:<id>", as a Uri-Query value "m=<16 hex digits>".
-    return b"m=" + binascii.hexlify(mac.digest(b"vantrack-route:%d" % device_id))
-
-
-async def fetch(client, device_id, mac_q, path, etag=None):
-    # Fetch the route into `path`. Returns (result, changed): result is the last
-    # coapmsg.Result (its decision says what to do when it is not "done"), changed
-    # whether a new route was written (False on 2.03 Valid or failure).
-    query = [(_URI_QUERY, b"d=%d" % device_id), (_URI_QUERY, mac_q)]
-    tmp = path + ".tmp"
-    num = 0
-    first = None
-    f = None
-    try:
-        while True:
-            opts = query + [(_BLOCK2, coapmsg.uint(num << 4 | _SZX))]
-            if etag and not num:
-                opts.append((_ETAG, etag))
-            res = await client.request(_GET, _RT, b"", None, opts)
-            if res.decision != "done" or res.code == _VALID:
-                return res, False
-            b2 = coapmsg.opt(res.options, _BLOCK2)
-            tag = coapmsg.opt(res.options, _ETAG)
-            if num == 0:
-                first = tag
-                f = open(tmp, "wb")
-            elif tag != first:
-                # The route changed between two blocks: start again from block 0.
-                f.close()  # type: ignore[union-attr]
-                f = None
-                num = 0
-                continue
-            f.write(res.payload)  # type: ignore[union-attr]
-            if b2 is None or not coapmsg.to_uint(b2) & 8:
-                f.close()  # type: ignore[union-attr]
-                f = None
-                os.rename(tmp, path)
-                return res, True
-            num = (coapmsg.to_uint(b2) >> 4) + 1
-    finally:
-        if f:
-            f.close()
 
 
 class Reader:
@@ -154,10 +96,11 @@ class Reader:
 class Fences:
     # The stops or the zones: a sequence decoded from the file while iterated. Its
     # length is read with its array header, when it is first asked for; iterate the
-    # stops to the end before the zones.
-    def __init__(self, reader):
+    # stops to the end before the zones. ids: an array the id hashes are appended to.
+    def __init__(self, reader, ids):
         self._r = reader
         self._n = -1
+        self._ids = ids
 
     def __len__(self):
         if self._n < 0:
@@ -168,12 +111,17 @@ class Fences:
 
     def __iter__(self):
         for _ in range(len(self)):
-            yield self._r.fence()
+            f = self._r.fence()
+            if self._ids is not None:
+                self._ids.append(f[0])
+            yield f
 
 
-def open_route(f):
+def open_route(f, ids=None):
     # [format, version, params, depot, stops, zones] read from the open file f; the
-    # stops and zones are Fences (read on iteration). Raises ValueError.
+    # stops and zones are Fences (read on iteration). With ids (an array('i')), the id
+    # hash of every fence is appended to it as the fences are read, by fence number
+    # (0 for a route without a depot). Raises ValueError.
     r = Reader(f)
     major, n = r.head()
     if major != 4 or n < 6:
@@ -185,4 +133,49 @@ def open_route(f):
     params = r.item()
     if not isinstance(params, dict):
         raise ValueError("route: params must be a map")
-    return [fmt, version, params, r.fence(), Fences(r), Fences(r)]
+    depot = r.fence()
+    if ids is not None:
+        ids.append(0 if depot is None else depot[0])
+    return [fmt, version, params, depot, Fences(r, ids), Fences(r, ids)]
+
+
+def load(path, emit, old=None, old_ids=None, old_etag=None):
+    # The geofence for the route file at path: (geofence, version, fence id hashes by
+    # number, ETag, number of stops), or None without a route file. old, old_ids and
+    # old_etag: the progress (Geofence.state()), fence id hashes and ETag of the route
+    # it replaces, if any. Raises ValueError, OSError.
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return None
+    from array import array
+
+    import fence
+
+    ids = array("i")
+    h = hashlib.sha256()
+    with f:
+        r = open_route(f, ids)
+        g = fence.Geofence(r, emit)
+        stops = len(r[4])
+        f.seek(0)
+        buf = bytearray(128)
+        n = f.readinto(buf)
+        while n:
+            h.update(memoryview(buf)[:n])
+            n = f.readinto(buf)
+    etag = h.digest()[:8]  # as the gateway's ETag: sha256 of the route, first 8 bytes
+    if old is not None and old_etag != etag:
+        new = {}
+        for k in range(len(ids)):
+            new[ids[k]] = k
+        g.load_state(old, [new.get(k, -1) for k in old_ids or ()])
+    else:
+        try:
+            with open(path + ".state", "rb") as f:
+                b = f.read()
+            if b[:8] == etag:
+                g.load_state(b[8:])
+        except (OSError, ValueError):
+            pass  # no progress yet, or of another route: start afresh
+    return g, r[1], ids, etag, stops

@@ -3,12 +3,16 @@
 #
 # Fixes are driven by GPS time (fix.t, seconds since 2000-01-01 UTC), never by the
 # wall clock, so a replayed day of driving runs as fast as the simulator can send it.
-# Later stages (fences, reporting queue, CoAP) hang off on_fix.
+# Each valid fix goes to the uplink as a position, then to the geofence (fence.py) when
+# the van has a route; the events it decides follow their fix in the report stream, are
+# logged (`I fence event type=.. n=..`) and the route's progress is saved to flash
+# after each, so a reboot mid-round repeats nothing.
 import asyncio
 import gc
+import os
 import sys
 
-import gps
+import aio
 import log
 import nmea
 from micropython import const
@@ -18,18 +22,68 @@ VERSION = "0.1.0"
 _STATS_EVERY_S = const(60)
 # When a replay ends (sim board), how long to wait for the last reports to be delivered.
 _DRAIN_MS = const(30000)
+_READ_CHUNK = const(256)  # GPS bytes per read
 
 
 class Tracker:
-    def __init__(self, board, cfg, uplink=None):
+    def __init__(self, board, cfg):
         self.board = board
-        self.cfg = cfg
-        self.uplink = uplink
+        self.uplink = None  # main() attaches one if the van reports
         self.echo = cfg["echo_fixes"]
         self.parser = nmea.Parser(self.on_fix)
         self.fixes = 0
         self.valid_fixes = 0
+        self.events = 0
         self._stats_t = None
+        self.geo = None
+        self.route = 0  # version of the route the geofence was built from
+        self._ids = None  # the route's fence id hashes, by fence number
+        self._etag = None
+        self._path = board.flash_dir + "/route.cbor"
+        self.load_route()
+
+    def load_route(self):
+        # (Re)build the geofence from the route file (routefile.load: the code for it is
+        # in the heap only meanwhile). The geofence being replaced leaves its progress
+        # behind and goes first, so the two never share the heap; if the new one cannot
+        # be built the van goes on tracking and reporting without fences, and says so.
+        old = None if self.geo is None else self.geo.state()
+        self.geo = None
+        gc.collect()
+        got = None
+        try:
+            import routefile
+
+            got = routefile.load(self._path, self._event, old, self._ids, self._etag)
+        except (ValueError, OSError, MemoryError) as e:
+            log.error("route", "unreadable", error=repr(e))
+        finally:
+            sys.modules.pop("routefile", None)
+        if got is None:
+            return
+        self.geo, self.route, self._ids, self._etag, stops = got
+        up = self.uplink
+        if up is not None:
+            up.route_etag = self._etag
+            up.route_version = self.route
+        log.info("route", "loaded", version=self.route, stops=stops, fences=len(self._ids))
+        self._save()
+
+    def _save(self):
+        # The geofence's progress, tied to its route by the ETag; replaced atomically.
+        tmp = self._path + ".state.tmp"
+        with open(tmp, "wb") as f:
+            f.write(self._etag)
+            f.write(self.geo.state())  # type: ignore[union-attr]
+        os.rename(tmp, self._path + ".state")
+
+    def _event(self, etype, no, fix, extra):
+        # Called by the geofence within check(fix), right after the fix's position.
+        self.events += 1
+        if self.uplink is not None:
+            self.uplink.add(fix, etype, no, extra, self.route)
+        log.info("fence", "event", type=etype, n=no, x=extra, t=fix.t)
+        self._save()
 
     def on_fix(self, fix):
         # Called by the parser once per epoch, in the GPS reader task. Keep it cheap:
@@ -37,8 +91,11 @@ class Tracker:
         self.fixes += 1
         if fix.valid:
             self.valid_fixes += 1
-            if self.uplink is not None and fix.t is not None:
-                self.uplink.add_fix(fix)
+            if fix.t is not None:
+                if self.uplink is not None:
+                    self.uplink.add(fix)
+                if self.geo is not None:
+                    self.geo.check(fix)
         self.board.led(fix.valid)
         if self.echo:
             self._echo(fix)
@@ -64,6 +121,7 @@ class Tracker:
             sentences=p.sentences,
             fixes=self.fixes,
             valid=self.valid_fixes,
+            events=self.events,
             drops=p.drops,
             mem_free=gc.mem_free(),
         )
@@ -74,7 +132,7 @@ class Tracker:
         up = self.uplink
         sender = None if up is None else asyncio.create_task(up.run())
         try:
-            await gps.run(self.board.gps_stream(), self.parser, self.board.gps_eof_exits, up)
+            await self._read_gps()
             # Only the sim board's replay ends: deliver what is left before stopping.
             if up is not None and not await up.drain(_DRAIN_MS):
                 log.warn("uplink", "undelivered", queued=len(up.queue))
@@ -83,6 +141,48 @@ class Tracker:
                 sender.cancel()
             if up is not None:
                 up.client.close()
+
+    async def _read_gps(self):
+        # The GPS reader: moves bytes from the board's GPS stream (machine.UART on the
+        # ESP32, a pty on the sim board) into the parser, through one preallocated buffer,
+        # so reading allocates nothing; the parser calls on_fix once per epoch. While the
+        # uplink's queue is full (`blocked`) it waits (the bytes stay in the UART/pty
+        # buffer) instead of deciding records nobody can keep.
+        stream = self.board.gps_stream()
+        exits = self.board.gps_eof_exits
+        parser = self.parser
+        gate = self.uplink
+        buf = bytearray(_READ_CHUNK)
+        oom = 0
+        mv = memoryview(buf)
+        while True:
+            try:
+                await aio.readable(stream)
+                n = stream.readinto(mv) or 0  # a UART with nothing (yet) says None
+            except OSError as e:
+                # A pty whose writer went away reports EIO; a UART never does.
+                n = 0
+                if not exits:
+                    log.warn(
+                        "gps", "read_error", errno=e.errno if hasattr(e, "errno") else e.args[0]
+                    )
+            if n:
+                try:
+                    parser.feed(buf, n)
+                except MemoryError:
+                    # Whatever ran out of heap in a fix's handling (a log line, a report),
+                    # the van keeps reading its GPS: this chunk's fix may be lost, not the van.
+                    oom += 1
+                    gc.collect()
+                if gate is not None and gate.blocked:
+                    await gate.space.wait()
+                continue
+            if exits:
+                parser.flush()
+                log.info("gps", "end_of_stream", out_of_memory=oom)
+                return
+            # No data: a silent receiver. Don't spin; the next byte wakes us normally.
+            await asyncio.sleep_ms(100)
 
 
 def _uplink(cfg, flash_dir):
@@ -95,11 +195,12 @@ def _uplink(cfg, flash_dir):
     import report
     import uplink
 
-    # Requests: our largest report plus CoAP header and options. Responses are small (an
-    # ack map or a one-line diagnostic), and every received datagram is one allocation.
+    # Requests: our largest report plus CoAP header and options. Responses: an ack map, a
+    # one-line diagnostic, or a 256-byte block of the route with its header and options
+    # (ETag, Block2, Content-Format); every received datagram is one allocation.
     tx = cfg["report_max_records"] * report.POSITION_MAX + report.ENVELOPE_MAX + 32
     gc.collect()  # buffers need contiguous heap: collect the import garbage first
-    client = coap.Client(cfg["gateway_host"], cfg["gateway_port"], rx_size=192, tx_size=tx)
+    client = coap.Client(cfg["gateway_host"], cfg["gateway_port"], rx_size=300, tx_size=tx)
     try:
         up = uplink.Uplink(cfg, flash_dir, client)
     except ValueError as e:
@@ -122,7 +223,13 @@ def main(board):
     board.configure(cfg)
     info = board.describe()
     log.info("boot", "start", version=VERSION, device=cfg["device_name"] or "-", **info)
-    t = Tracker(board, cfg, _uplink(cfg, board.flash_dir))
+    # The route first, while the heap is at its emptiest, then the uplink.
+    t = Tracker(board, cfg)
+    up = t.uplink = _uplink(cfg, board.flash_dir)
+    if up is not None:
+        up.on_route = t.load_route
+        up.route_etag = t._etag
+        up.route_version = t.route
     try:
         asyncio.run(t.run())
     finally:

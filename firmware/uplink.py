@@ -1,6 +1,7 @@
 # Uplink: turns the van's valid fixes into reports and delivers them to the gateway.
 #
-# Every valid fix becomes a position record with the next sequence number (seqno.SeqNo,
+# Every valid fix becomes a position record, and every event decided on a fix (fence.py)
+# an event record right after it, each with the next sequence number (SeqNo,
 # never repeated across reboots) in the open report (report.Batch). A report is sealed when
 # it holds report_max_records records, spans report_max_age_s of GPS time, or no fix came
 # for _IDLE_SEAL_MS. Sealed reports wait in a small RAM queue and are POSTed one at a time
@@ -9,15 +10,24 @@
 # again later, so the gateway's (device, seq) dedup makes a resend harmless.
 # When the queue is full the GPS reader waits (`blocked`), so nothing decided is thrown
 # away; keeping reports across power cuts (a flash queue) is not done here.
+#
+# The day's route comes through here too: the same task fetches it at boot and whenever
+# an ack names a route version other than the van's, then calls on_route() so the
+# tracker rebuilds its fences. The gateway serves it as CBOR on GET /rt?d=<device>&m=<mac>
+# (docs/routes.md) with an ETag, block-wise (RFC 7959 Block2) as it is larger than a
+# datagram: each block goes to a temporary file, renamed over the route file only once
+# the last block came with the ETag of the first (rename is atomic on LittleFS and
+# POSIX), so a power cut or a route replaced mid-transfer never leaves half a route. A
+# route that did not change costs one 2.03 Valid.
 import asyncio
 import binascii
 import gc
+import os
 import time
 
 import coapmsg
 import log
 import report
-import seqno
 from micropython import const
 
 _PATH = coapmsg.path("/r")
@@ -25,11 +35,81 @@ _QUEUE_MAX = const(4)
 _IDLE_SEAL_MS = const(5000)  # seal a half-full report when the GPS went quiet this long
 _RETRY_MS = const(5000)  # first wait after a failed delivery; doubles up to _RETRY_MAX_MS
 _RETRY_MAX_MS = const(300000)
+_SEQ_BLOCK = const(1000)  # sequence numbers reserved on flash at a time (SeqNo)
 _BACKOFF_MS = const(600000)  # the gateway does not know us: ask again in 10 minutes
+_GET = const(1)
+_VALID = const(67)  # 2.03: the route did not change
+_NOT_FOUND = const(132)  # 4.04: the gateway has no route for us
+_ETAG = const(4)
+_URI_QUERY = const(15)
+_BLOCK2 = const(23)
+_SZX = const(4)  # 256-byte blocks: a block and its header fit the client's rx buffer
+_RT = coapmsg.path("/rt")
 
 
 def _code(res):
     return "-" if res.code is None else coapmsg.code_str(res.code)
+
+
+def _ack_route(p):
+    # Key 1 (route version) of a 2.04 ack map of small uints {0: seq, 1: version}, or None.
+    try:
+        if p[0] >> 5 != 5:
+            return None
+        i = 1
+        for _ in range(p[0] & 31):
+            ai = p[i + 1] & 31
+            n = 0 if ai < 24 else 1 << (ai - 24)
+            v = ai
+            if n:
+                v = int.from_bytes(p[i + 2 : i + 2 + n], "big")
+            if p[i] == 1:
+                return v
+            i += 2 + n
+    except IndexError:
+        pass
+    return None
+
+
+class SeqNo:
+    # Record sequence numbers that survive reboots and never repeat, with little flash
+    # wear. The flash file holds the first number *not yet reserved*. At boot the device
+    # reserves a block of numbers by writing start + block before using any of them, and
+    # reserves the next block when it runs out; a reboot skips what was left of the
+    # block. So a day of 1 Hz driving (~86 400 records) costs ~90 small writes, and a
+    # power cut at any time can only waste numbers, never reuse one. The write is atomic:
+    # a temporary file renamed over the old one (rename is atomic on LittleFS and POSIX).
+    def __init__(self, flash_dir, block=_SEQ_BLOCK):
+        self._path = flash_dir + "/seq"
+        self._block = block
+        try:
+            with open(self._path) as f:
+                nxt = int(f.read().strip())
+        except OSError:
+            nxt = 0  # a new device
+        except ValueError:
+            # Unreadable counter (it is never half-written, see take()): don't guess low,
+            # jump far ahead so no number already used can come back.
+            log.error("seq", "corrupt_counter", path=self._path)
+            nxt = 1 << 30
+        self._next = nxt
+        self._limit = nxt  # nothing reserved yet: the first take() reserves
+
+    def take(self, n=1):
+        # The first of n consecutive fresh numbers; reserves a new block on flash first
+        # when the current one cannot hold them.
+        if self._next + n > self._limit:
+            self._limit = self._next + max(self._block, n)
+            tmp = self._path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(str(self._limit))
+            os.rename(tmp, self._path)
+        first = self._next
+        self._next += n
+        return first
+
+    def peek(self):
+        return self._next
 
 
 class Uplink:
@@ -39,7 +119,7 @@ class Uplink:
             cfg["device_id"], binascii.unhexlify(cfg["key"]), cfg["report_max_records"]
         )
         self.max_age = cfg["report_max_age_s"]
-        self.seq = seqno.SeqNo(flash_dir)
+        self.seq = SeqNo(flash_dir)
         self.queue = []  # sealed reports (bytes), oldest first
         self.ready = asyncio.Event()  # the queue has something
         self.space = asyncio.Event()  # the queue has room again
@@ -50,28 +130,30 @@ class Uplink:
         self.dropped = 0  # records in reports the gateway refused for good
         self.failures = 0
         self._last_fix = time.ticks_ms()
+        # Route: where the tracker keeps it, its ETag and version (set by the tracker),
+        # and the tracker's callback once a new one was written.
+        self.on_route = None
+        self.route_path = flash_dir + "/route.cbor"
+        self.route_etag = None
+        self.route_version = 0
+        # At boot, ask (a 2.03 if it did not change); later, the version an ack named.
+        self.route_wanted = True
 
-    # ---- building (called from the GPS task, synchronously, once per valid fix) -------
-    def add_fix(self, fix):
+    # ---- building (called from the GPS task, synchronously) ---------------------------
+    def add(self, fix, etype=0, fence=None, extra=None, route=None):
+        # The record of a valid fix: its position (etype 0), or an event decided on it.
         b = self.batch
         self._last_fix = time.ticks_ms()
-        if b.count == 0:
-            b.start(self.seq.peek(), fix.t)
-        elif not b.add_position(fix):
-            self._seal()
-            b.start(self.seq.peek(), fix.t)
-        else:
-            self._took(fix)
-            return
-        if b.add_position(fix):
-            self._took(fix)
-
-    def _took(self, fix):
-        self.seq.take()
-        self.records += 1
-        b = self.batch
-        if b.full() or fix.t - b.t0 >= self.max_age:
-            self._seal()
+        for _ in range(2):
+            if b.count == 0:
+                b.start(self.seq.peek(), fix.t)
+            if b.add_event(etype, fix, fence, extra, route) if etype else b.add_position(fix):
+                self.seq.take()
+                self.records += 1
+                if b.full() or fix.t - b.t0 >= self.max_age:
+                    self._seal()
+                return
+            self._seal()  # full, or the fix lies before its last record: a new report
 
     def _seal(self):
         b = self.batch
@@ -91,6 +173,8 @@ class Uplink:
         delay = _RETRY_MS
         try:
             while True:
+                if self.route_wanted and self.on_route:
+                    await self._fetch_route()
                 if not self.queue:
                     self.ready.clear()
                     await self.ready.wait()
@@ -114,6 +198,9 @@ class Uplink:
                     if d == coapmsg.DONE:
                         self.acked += count
                         self.reports_acked += 1
+                        v = _ack_route(res.payload)
+                        if v is not None and v != self.route_version:
+                            self.route_wanted = v
                     else:
                         self.dropped += count
                         log.error("uplink", "refused", code=_code(res), seq=first, n=count,
@@ -130,6 +217,69 @@ class Uplink:
                 await asyncio.sleep_ms(wait)
         finally:
             idle.cancel()
+
+    async def _fetch_route(self):
+        # One attempt; a failed one is retried when the next ack names a newer version.
+        # A route fetched is the van's from then on (ETag, version), even if the tracker
+        # cannot load it now: it is in flash and loads at the next boot.
+        want = self.route_wanted
+        self.route_wanted = False
+        try:
+            res, changed = await self.fetch_route()
+        except (MemoryError, OSError) as e:
+            log.error("route", "fetch_failed", error=repr(e))
+            gc.collect()
+            return
+        if changed:
+            self.route_etag = coapmsg.opt(res.options, _ETAG)
+            if want is not True:
+                self.route_version = want
+            log.info("route", "fetched")
+            self.on_route()  # type: ignore[misc]  # run() checked it is set
+        elif res.decision != coapmsg.DONE and res.code != _NOT_FOUND:
+            log.warn("route", res.decision, code=_code(res), reason=res.reason or "-")
+
+    async def fetch_route(self):
+        # Fetch the route into route_path. Returns (result, changed): the last
+        # coapmsg.Result, and whether a new route was written (not on 2.03 or failure).
+        b = self.batch
+        # The request's proof of identity: the report MAC over "vantrack-route:<id>".
+        mac = binascii.hexlify(b._mac.digest(b"vantrack-route:%d" % b.device_id))
+        query = [(_URI_QUERY, b"d=%d" % b.device_id), (_URI_QUERY, b"m=" + mac)]
+        tmp = self.route_path + ".tmp"
+        num = 0
+        first = None
+        f = None
+        try:
+            while True:
+                opts = query + [(_BLOCK2, coapmsg.uint(num << 4 | _SZX))]
+                if self.route_etag and not num:
+                    opts.append((_ETAG, self.route_etag))
+                res = await self.client.request(_GET, _RT, b"", None, opts)
+                if res.decision != coapmsg.DONE or res.code == _VALID:
+                    return res, False
+                b2 = coapmsg.opt(res.options, _BLOCK2)
+                b2 = 0 if b2 is None else coapmsg.to_uint(b2)
+                tag = coapmsg.opt(res.options, _ETAG)
+                if num == 0:
+                    first = tag
+                    if f:
+                        f.close()
+                    f = open(tmp, "wb")
+                elif tag != first or b2 >> 4 != num:
+                    # The route changed between two blocks: start again from block 0.
+                    num = 0
+                    continue
+                f.write(res.payload)  # type: ignore[union-attr]
+                if not b2 & 8:
+                    f.close()  # type: ignore[union-attr]
+                    f = None
+                    os.rename(tmp, self.route_path)
+                    return res, True
+                num += 1
+        finally:
+            if f:
+                f.close()
 
     async def _idle(self):
         # Seals the open report once no fix came for _IDLE_SEAL_MS.

@@ -449,6 +449,33 @@ def test_reset_fails_the_request_with_a_reason(peer: RawPeer, start_client: Any)
     assert reqs == []  # no retransmission after the RST
 
 
+def test_pings_requests_and_malformed_cons_sent_to_the_client_are_reset(
+    peer: RawPeer, start_client: Any
+) -> None:
+    # The van serves nothing: a ping or a request gets RST (RFC 7252 4.2), and so does a
+    # CON it cannot parse or take (larger than its receive size); a NON gets nothing.
+    proc = start_client(b"fix", options=("--ack-timeout-ms", "2000"))
+    req = peer.recv()
+    assert peer.client is not None
+    peer.send(raw(CON, 6001, Code.EMPTY))  # a CoAP ping
+    peer.send(raw(CON, 6002, Code.GET, b"q"))
+    peer.sock.sendto(bytes([0x40, 0x45, 0x17, 0x73, 0xF1, 0x00]), peer.client)  # nibble 15
+    peer.sock.sendto(bytes([0x50, 0x45, 0x17, 0x74, 0xF1, 0x00]), peer.client)  # as a NON
+    # Our request's response with its token, but over rx_size (1152): cut short.
+    peer.send(raw(CON, 6005, Code.CHANGED, req.token, bytes(1200)))
+    resets = sorted((m.mtype, m.mid, m.code, m.token) for m in [peer.recv() for _ in range(4)])
+    assert resets == [(RST, mid, Code.EMPTY, b"") for mid in (6001, 6002, 6003, 6005)]
+    peer.send(ack(req, payload=b"ok"))
+    assert peer.drain(proc) == []
+    [result], stats = finish(proc)
+    assert (result["decision"], result["tx"], bytes.fromhex(result["payload"])) == (
+        "done",
+        1,
+        b"ok",
+    )
+    assert (stats["unexpected"], stats["malformed"], stats["stray"]) == (2, 3, 0)
+
+
 def test_separate_response_sent_twice_is_acked_twice_and_delivered_once(
     peer: RawPeer, start_client: Any
 ) -> None:

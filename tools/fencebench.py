@@ -44,6 +44,7 @@ UDEG_PER_M = 1e6 * 180 / (math.pi * EARTH_RADIUS_M)  # microdegrees of latitude 
 WGS84_A = 6_378_137.0
 WGS84_E2 = 6.694_379_990_14e-3
 RESULT = re.compile(r"^RESULT (.*)$", re.M)
+HEAD = re.compile(r"^(IMPORT|FIXED) bytes=(\d+)", re.M)
 
 
 def _progress(msg: str) -> None:
@@ -160,31 +161,31 @@ class Result:
 class Run:
     stops: int
     results: dict[str, Result]
-    import_bytes: int | None
+    head: dict[str, int]  # IMPORT, FIXED: the bench script's figures before it runs
     notes: list[str]
 
 
 def run_bench(
     path: Path, heap: str, rounds: int, impl: str
-) -> tuple[Result | None, int | None, str]:
+) -> tuple[Result | None, dict[str, int], str]:
     """Run the bench script for one implementation: its result (None if it failed), the
-    fence module's import cost, and what went wrong."""
+    fence module's import cost and the engine's fixed cost, and what went wrong."""
     proc = mpy.run(BENCH, [str(path), str(rounds), impl], heap=heap, timeout=1800)
     out = proc.stdout.decode(errors="replace")
     err = proc.stderr.decode(errors="replace")
-    imp = re.search(r"^IMPORT bytes=(\d+)", out, re.M)
+    head = {k: int(v) for k, v in HEAD.findall(out)}
     m = RESULT.search(out)
     if proc.returncode != 0 or not m:
         lines = (err + out).strip().splitlines() or ["failed"]
         why = "MemoryError" if "MemoryError" in err else lines[-1][-120:]
-        return None, int(imp.group(1)) if imp else None, why
+        return None, head, why
     kv = dict(item.split("=", 1) for item in m.group(1).split())
     r = Result(
         heap, kv["impl"], int(kv["fences"]), int(kv["fixes"]), float(kv["us_per_fix"]),
         float(kv["alloc_per_fix"]), float(kv["req_per_fix"]), int(kv["bytes_stored"]),
         int(kv["events"]),
     )  # fmt: skip
-    return r, int(imp.group(1)) if imp else None, ""
+    return r, head, ""
 
 
 def measure(
@@ -195,21 +196,21 @@ def measure(
     depot, stops, zones = fences(route, n_stops, args.seed)
     path = tmp / f"fences-{n_stops}.bin"
     path.write_bytes(encode(depot, stops, zones, fx))
-    run = Run(n_stops, {}, None, [])
+    run = Run(n_stops, {}, {}, [])
     for impl in ("engine", "naive"):
         _progress(f"  {n_stops} stops, {impl}, heap {args.heap} ...")
-        r, imp, why = run_bench(path, args.heap, args.rounds, impl)
+        r, head, why = run_bench(path, args.heap, args.rounds, impl)
         if r is None:
             _progress(f"  {impl} with {n_stops} stops does not fit {args.heap} ({why}): "
                       f"again at {args.big_heap}")  # fmt: skip
             run.notes.append(f"{impl}: {why} at {args.heap}, run at {args.big_heap}")
-            r, imp2, why2 = run_bench(path, args.big_heap, args.rounds, impl)
-            imp = imp or imp2
+            r, head2, why2 = run_bench(path, args.big_heap, args.rounds, impl)
+            head = head or head2
             if r is None:
                 run.notes.append(f"{impl}: {why2} at {args.big_heap} too")
         if r is not None:
             run.results[impl] = r
-        run.import_bytes = run.import_bytes or imp
+        run.head = run.head or head
     return run
 
 
@@ -311,9 +312,11 @@ def run(args: argparse.Namespace) -> int:
         )
         for note in r.notes:
             print(f"{'':>6}  ({note})")
-    imp = next((r.import_bytes for r in runs if r.import_bytes), None)
+    head = next((r.head for r in runs if r.head), {})
     print(
-        f"\nfence module import: {imp} bytes of heap (.mpy, after gc.collect()).\n"
+        f"\nfence module import: {head.get('IMPORT')} bytes of heap (.mpy, after gc.collect()).\n"
+        f"engine fixed cost: {head.get('FIXED')} bytes (an engine on an empty route: the object,\n"
+        "its scalars and slots, its arrays with room for the depot and 4 zones).\n"
         "heap bytes per fix: gc.mem_alloc() around each fix with gc disabled ('over heap':\n"
         "one fix's garbage does not fit that way); naive req: micropython.mem_total() with gc\n"
         "running, bytes requested before rounding to 32-byte GC blocks.\n"

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 
+from . import mpy
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE_DIR = REPO_ROOT / "firmware"
 MYPY_CONFIG = FIRMWARE_DIR / "mypy.ini"
@@ -79,7 +81,14 @@ def compile_file(path: Path, out_dir: Path) -> CompileResult:
     out = out_dir / rel.with_suffix(".mpy")
     out.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        [*mpy_cross_command(), f"-march={MPY_ARCH}", "-o", str(out), str(path)],
+        [
+            *mpy_cross_command(),
+            f"-march={MPY_ARCH}",
+            *mpy.MPY_CROSS_FLAGS,
+            "-o",
+            str(out),
+            str(path),
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=60,

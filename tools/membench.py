@@ -5,7 +5,7 @@ Two figures, each beside a reference from the same run:
   imports  heap bytes each firmware module costs once imported as .mpy (bytecode, raw-code
            structures, qstrs, module objects; tools/mp/mem_imports.py, in a 256 KB heap so
            nothing fails), and the qstrs it adds. Reference: the GPS parser alone
-           (nmeasentence + nmea + one Parser), what a tracking-only van must hold.
+           (nmea + one Parser), what a tracking-only van must hold.
   running  min and last free heap (after gc.collect(), from the firmware's `stats` lines)
            of the whole reporting firmware while one van plays a sample route to a gateway
            on loopback, with the heap capped as the rig runs it; and how many positions
@@ -47,7 +47,7 @@ class ModuleCost:
 class Imports:
     modules: list[ModuleCost]
     total: int
-    parser: int  # reference: nmeasentence + nmea + one Parser
+    parser: int  # reference: nmea + one Parser
     qstrs: int  # dynamic qstrs once everything is imported
 
 

@@ -1,6 +1,6 @@
-# CoAP message format and response decisions under MicroPython (firmware/coapmsg.py,
-# coapmsg.decide). Transport and retransmission are tested against real peers in
-# tests/test_coap_interop.py.
+# CoAP message format and response decisions under MicroPython (firmware/coapmsg.py:
+# encode_into, parse, coapmsg.Result). Transport and retransmission are tested against
+# real peers in tests/test_coap_interop.py.
 import coap
 import coapmsg
 import mptest
@@ -22,29 +22,31 @@ def enc(*args):
 
 def roundtrip(mtype, code, mid, token, options, payload):
     m = coapmsg.parse(enc(mtype, code, mid, token, options, payload))
-    mptest.eq(m.type, mtype)
-    mptest.eq(m.code, code)
-    mptest.eq(m.mid, mid)
-    mptest.eq(m.token, token)
-    mptest.eq(m.options, [(n, bytes(v)) for n, v in options])
-    mptest.eq(m.payload, payload)
+    mptest.eq(m, (mtype, code, mid, token, [(n, bytes(v)) for n, v in options], payload))
     return m
+
+
+def options_of(data):
+    return coapmsg.parse(data)[4]
+
+
+def response(code, options=(), payload=b""):
+    # A Result for a piggybacked response with this code, as the client makes it.
+    return coapmsg.Result(1, None, coapmsg.parse(enc(ACK, code, 1, b"t", options, payload)))
 
 
 def test_rfc7252_get_temperature_bytes():
     # CON GET, MID 0x7d34, no token, Uri-Path "temperature" (delta 11, length 11 = 0xbb).
     want = b"\x40\x01\x7d\x34\xbbtemperature"
     mptest.eq(enc(CON, GET, 0x7D34, b"", [(11, b"temperature")]), want)
-    m = coapmsg.parse(want)
-    mptest.eq((m.type, m.code, m.mid, m.token), (CON, GET, 0x7D34, b""))
-    mptest.eq(m.options, [(11, b"temperature")])
+    mptest.eq(coapmsg.parse(want), (CON, GET, 0x7D34, b"", [(11, b"temperature")], b""))
 
 
 def test_post_with_cbor_payload_round_trips():
     opts = [(3, b"gw.example"), (11, b"v1"), (11, b"pos"), (12, coapmsg.uint(60))]
     m = roundtrip(CON, POST, 1234, b"\x01\x02\x03\x04", opts, b"\xa1\x01\x02")
-    mptest.eq(coapmsg.to_uint(coapmsg.opt(m.options, CONTENT_FORMAT)), 60)
-    mptest.eq(coapmsg.opt(m.options, ACCEPT), None)
+    mptest.eq(coapmsg.to_uint(coapmsg.opt(m[4], CONTENT_FORMAT)), 60)
+    mptest.eq(coapmsg.opt(m[4], ACCEPT), None)
 
 
 def test_every_type_and_mid_and_token_length_round_trips():
@@ -65,7 +67,7 @@ def test_option_delta_boundaries_12_13_268_269():
         ext = 0 if num < 13 else 1 if num < 269 else 2
         mptest.eq(len(data), 4 + 1 + ext + 1, "delta %d" % num)
         mptest.eq(data[4] >> 4, num if num < 13 else 13 if num < 269 else 14)
-        mptest.eq(coapmsg.parse(data).options, [(num, b"v")])
+        mptest.eq(options_of(data), [(num, b"v")])
 
 
 def test_option_length_boundaries_12_13_268_269():
@@ -75,7 +77,7 @@ def test_option_length_boundaries_12_13_268_269():
         ext = 0 if ln < 13 else 1 if ln < 269 else 2
         mptest.eq(len(data), 4 + 1 + ext + ln, "length %d" % ln)
         mptest.eq(data[4] & 15, ln if ln < 13 else 13 if ln < 269 else 14)
-        mptest.eq(coapmsg.parse(data).options, [(11, value)])
+        mptest.eq(options_of(data), [(11, value)])
 
 
 def test_deltas_accumulate_across_extended_options():
@@ -85,8 +87,9 @@ def test_deltas_accumulate_across_extended_options():
 
 def test_options_are_sorted_by_number_keeping_repeats_in_order():
     opts = [(17, b"<"), (11, b"a"), (12, b"<"), (11, b"b"), (3, b"h"), (11, b"c")]
-    m = coapmsg.parse(enc(CON, POST, 5, b"", opts, b"p"))
-    mptest.eq(m.options, [(3, b"h"), (11, b"a"), (11, b"b"), (11, b"c"), (12, b"<"), (17, b"<")])
+    got = options_of(enc(CON, POST, 5, b"", opts, b"p"))
+    mptest.eq(got, [(3, b"h"), (11, b"a"), (11, b"b"), (11, b"c"), (12, b"<"), (17, b"<")])
+    mptest.eq(options_of(enc(CON, GET, 5, b"", [(4, b"e"), (3, b"h")])), [(3, b"h"), (4, b"e")])
 
 
 def test_uint_values_are_shortest_big_endian_and_codes_print_dotted():
@@ -103,6 +106,10 @@ def test_encode_refuses_what_does_not_fit():
     mptest.raises(ValueError, coapmsg.encode_into, small, CON, 2, 1, b"", [(11, bytes(20))])
     mptest.raises(ValueError, coapmsg.encode_into, BUF, CON, 2, 1, bytes(9))
     mptest.eq(coapmsg.encode_into(small, CON, 2, 1, b"", [], b"x" * 11), 16)
+    # An option number the deltas cannot reach is refused, not left out.
+    for num in (-1, 65805):
+        opts = [(11, b"a"), (num, b"")]
+        mptest.raises(ValueError, coapmsg.encode_into, BUF, CON, 2, 1, b"", opts)
 
 
 def test_format_errors_are_rejected():
@@ -120,19 +127,22 @@ def test_format_errors_are_rejected():
         b"\x40\x01\x00\x01\xd1",  # delta 13 without its extension byte
         b"\x40\x01\x00\x01\xe1\x00",  # delta 14 with one of its two extension bytes
         b"\x40\x01\x00\x01\xb5ab",  # value shorter than its length
+        b"\x40\x01\x00\x01\xd5\x00ab",  # the same after a delta extension byte
     )
     for data in bad:
         try:
             coapmsg.parse(data)
-        except coapmsg.FormatError:
+        except ValueError:
             continue
         raise mptest.Fail("accepted %r" % data)
 
 
-def test_parse_reads_only_the_first_n_bytes():
+def test_parse_reads_a_memoryview_up_to_its_end():
     data = bytearray(enc(ACK, CONTENT, 7, b"tk", [(12, b"<")], b"abc")) + b"junk"
-    m = coapmsg.parse(data, len(data) - 4)
-    mptest.eq(m.payload, b"abc")
+    m = coapmsg.parse(memoryview(data)[: len(data) - 4])
+    mptest.eq(m, (ACK, CONTENT, 7, b"tk", [(12, b"<")], b"abc"))
+    # Cut inside an option's extension byte: an error, not a read past the view.
+    mptest.raises(ValueError, coapmsg.parse, memoryview(enc(CON, GET, 1, b"", [(20, b"v")]))[:5])
 
 
 def test_decisions_per_response_code():
@@ -145,6 +155,7 @@ def test_decisions_per_response_code():
         (4, 2, drop),
         (4, 13, drop),
         (4, 15, drop),
+        (4, 22, drop),
         (4, 1, backoff),
         (4, 3, backoff),
         (4, 4, backoff),
@@ -155,14 +166,28 @@ def test_decisions_per_response_code():
         (5, 4, retry),
     )
     for cls, detail, want in table:
-        mptest.eq(coapmsg.decide(cls << 5 | detail), want, "%d.%02d" % (cls, detail))
+        mptest.eq(response(cls << 5 | detail).decision, want, "%d.%02d" % (cls, detail))
+
+
+def test_result_carries_the_response():
+    opts = [(CONTENT_FORMAT, b"<"), (MAX_AGE, b"\x05")]
+    r = coapmsg.Result(2, None, coapmsg.parse(enc(CON, CONTENT, 9, b"t", opts, b"pl")), True)
+    got = (r.decision, r.code, r.options, r.payload, r.reason, r.tx, r.separate)
+    mptest.eq(got, (coapmsg.DONE, CONTENT, opts, b"pl", None, 2, True))
+    mptest.eq(r.retry_after, None)  # Max-Age only says when to retry after a failure
+
+
+def test_result_without_response_is_a_retry_with_its_reason():
+    r = coapmsg.Result(5, "timeout")
+    got = (r.decision, r.reason, r.tx, r.code, r.payload, r.retry_after, r.separate)
+    mptest.eq(got, (coapmsg.RETRY, "timeout", 5, None, b"", None, False))
+    mptest.eq(list(r.options), [])
 
 
 def test_retry_after_comes_from_max_age_of_retryable_responses():
     age = [(MAX_AGE, coapmsg.uint(30))]
-    for code, opts, want in ((163, age, 30), (128, age, None), (163, [], None)):
-        m = coapmsg.parse(enc(ACK, code, 1, b"t", opts))
-        mptest.eq(coapmsg.Result(coapmsg.decide(code), 1, None, m).retry_after, want)
+    for code, opts, want in ((163, age, 30), (157, age, 30), (128, age, None), (163, [], None)):
+        mptest.eq(response(code, opts).retry_after, want)
 
 
 def test_message_ids_start_at_random():

@@ -25,6 +25,9 @@ K = 8.993216  # microdegrees of latitude per metre (1 / 0.11119508, the engine's
 BCN = (41404925, 2199582)  # the urban-round depot, Barcelona
 FIJI = (-16800000, 179999800)  # Taveuni, Fiji: the 180th meridian runs across the island
 T0 = 850000000
+# Where the engine keeps its latitude band, the end of its slots and the first slot in
+# its _s array (fence._BAND, _END, _S0: private const()s, which a module does not export).
+BAND, END, S0 = 11, 12, 16
 
 
 def at(n, e, base=BCN):
@@ -339,6 +342,16 @@ def test_more_stops_in_one_place_than_slots_degrade_and_catch_up():
     eq(" ".join(v.ev[16:]), "app17@6 arr17@26=20 oos17@26=1")
 
 
+def test_more_zones_than_the_room_kept_for_them_are_numbered_and_decided_alike():
+    # Room is made for the depot and a few zones before the zones can be counted; seven
+    # zones grow the arrays. The last one is fence 9, after the depot and two stops.
+    r = "depot 0,0 80/300\nstop 0,2000\nstop 0,4000\n"
+    r += "".join("zone 3000,%d\n" % (1000 * i) for i in range(7))
+    v = run(r + "0-20 3000,6000\n= enter9@20=20\n21-60 3000,6500\n= exit9@51=20")
+    eq(len(v.g.state()), 10 + 10)  # 10 fences, none tracked
+    run("61-81 0,4000\n= app2@61 arr2@81=20 oos2@81=1", v)
+
+
 class Grid:
     # n stops scattered over 20 x 20 km around BCN, made as they are iterated (500 fence
     # lists would not fit this heap; routefile hands the engine fences the same way).
@@ -367,7 +380,7 @@ def test_the_largest_fences_keep_local_coordinates_within_13_bits():
 
 def test_a_big_zone_is_checked_apart_and_seen_however_far_its_centre():
     v = run("stop 0,0\nstop 0,500\nzone 22239,0 2500/3000\n=")
-    eq(v.g._band, 9 * 150)  # the latitude band stays as narrow as the stops need
+    eq(v.g._s[BAND], 9 * 150)  # the latitude band stays as narrow as the stops need
     run("0-20 22000,0 # far from the stops, 240 m from the zone's centre\n= enter3@20=20", v)
 
 
@@ -378,7 +391,8 @@ def test_500_fences_prefilter_finds_what_a_full_scan_finds_and_a_fix_allocates_n
     for t in range(0, 2000, 2):  # diagonally across the grid at 10 m/s
         v.go(t, t * 10 - 10000, t * 10 - 10000)
         near = [f for f in range(1, 502) if g._where(f, v.lat, v.lon)]
-        eq([g._sf[i] for i in range(g._na) if g._sr[i]], near, t)
+        s = g._s  # slots: fence number << 4 | where at the last fix << 2 | ...
+        eq([s[j] >> 4 for j in range(S0, s[END], 4) if s[j] & 12], near, t)
         hits += len(near)
     true(hits > 20, hits)
     counts = bytearray(9)

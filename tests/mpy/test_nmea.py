@@ -1,9 +1,9 @@
 # Firmware NMEA parser (firmware/nmea.py) under MicroPython with a 64 KB heap.
 import gc
+import time
 
 import mptest
 import nmea
-import nmeasentence
 from mptest import eq, true
 
 
@@ -45,6 +45,12 @@ def at(hms, body):
 
 
 T0 = 26 * 365 + 7 + 329  # 2026-11-26 in days since 2000 (7 leap days 2000..2024)
+_Y2K = time.mktime((2000, 1, 1, 0, 0, 0, 0, 0))
+
+
+def days(y, m, d):
+    # Days since 2000-01-01 from the port's own calendar code, independent of ours.
+    return (time.mktime((y, m, d, 0, 0, 0, 0, 0)) - _Y2K) // 86400
 
 
 def test_epoch_merges_rmc_gga_gsa_vtg_into_one_fix():
@@ -55,10 +61,23 @@ def test_epoch_merges_rmc_gga_gsa_vtg_into_one_fix():
     eq(p.fixes, 1)
 
 
-def test_days_since_2000():
-    eq(nmeasentence.days_from_civil(2026, 11, 26), T0)
-    eq(nmeasentence.days_from_civil(2000, 3, 1), 60)
-    eq(nmeasentence.days_from_civil(1999, 12, 31), -1)
+def test_rmc_date_to_days_since_2000_every_month_end_1980_to_2079():
+    eq(days(2026, 11, 26), T0)
+    eq(days(1980, 1, 1), -7305)
+    seen = []
+    p = nmea.Parser(lambda f: seen.append(f.t // 86400))
+    wrong = []
+    n = 0
+    for y in range(1980, 2080):
+        for m in range(1, 13):
+            last = (31, 29 if y % 4 == 0 else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[m - 1]
+            for d in (1, last):
+                p.feed(nm(RMC.replace("261126", "%02d%02d%02d" % (d, m, y % 100))))
+                p.flush()  # one epoch per date
+                if seen.pop() != days(y, m, d) and len(wrong) < 5:
+                    wrong.append((y, m, d))
+                n += 1
+    eq((n, p.fixes, wrong), (2400, 2400, []))
 
 
 def test_south_and_west_hemispheres_and_exact_microdegrees():
@@ -199,7 +218,7 @@ def test_date_carried_to_gga_and_midnight_rollover():
     gga = GGA.replace("101503.20", "235959.50")
     data = nm(rmc) + nm(gga) + nm(at("000000.50", GGA)) + nm(at("000001.00", GGA))
     _, fx = run(data)
-    day = nmeasentence.days_from_civil(2026, 12, 31)
+    day = days(2026, 12, 31)
     eq(
         [(f[0], f[1]) for f in fx],
         [
@@ -218,7 +237,7 @@ def test_gga_only_before_any_date_has_no_time():
 
 def test_two_digit_year_pivot():
     _, fx = run(nm(RMC.replace("261126", "010199")))
-    eq(fx[0][0] // 86400, nmeasentence.days_from_civil(1999, 1, 1))
+    eq(fx[0][0] // 86400, days(1999, 1, 1))
 
 
 def test_steady_state_allocates_nothing_per_sentence():

@@ -119,4 +119,12 @@ def test_an_event_that_does_not_fit_changes_nothing_and_events_allocate_nothing(
     mptest.true(not b.add_event(2, Fix(T0 + 4, 0, 1, 2)))
 
 
+def test_sealing_twice_gives_the_same_report():
+    b = report.Batch(7, KEY, 10)
+    b.start(0, T0)
+    b.add_position(Fix(T0, 0, 1, 2))
+    first = bytes(b.seal())
+    mptest.eq(bytes(b.seal()), first)
+
+
 mptest.main(globals())

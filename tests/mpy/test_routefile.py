@@ -4,7 +4,7 @@
 # gateway encoded.
 import gc
 
-import cbor
+import cborx as cbor
 import mptest
 import routefile
 

@@ -1,8 +1,9 @@
-# Sequence numbers under MicroPython: never repeated across reboots, few flash writes.
+# Sequence numbers (uplink.SeqNo) under MicroPython: never repeated across reboots, few
+# flash writes.
 import os
 
 import mptest
-import seqno
+from uplink import SeqNo
 
 DIR = "/tmp/vantrack-mpy-seq-" + "".join("%02x" % b for b in os.urandom(4))
 
@@ -26,7 +27,7 @@ def _stored():
 
 def test_a_new_device_starts_at_zero_and_counts_up():
     _fresh()
-    s = seqno.SeqNo(DIR, block=10)
+    s = SeqNo(DIR, block=10)
     mptest.eq([s.take() for _ in range(5)], [0, 1, 2, 3, 4])
     mptest.eq(s.take(3), 5)
     mptest.eq(s.peek(), 8)
@@ -34,10 +35,10 @@ def test_a_new_device_starts_at_zero_and_counts_up():
 
 def test_a_reboot_never_reuses_a_number():
     _fresh()
-    s = seqno.SeqNo(DIR, block=10)
+    s = SeqNo(DIR, block=10)
     used = [s.take() for _ in range(13)]
     # Power cut here: the next boot starts past everything reserved so far.
-    s2 = seqno.SeqNo(DIR, block=10)
+    s2 = SeqNo(DIR, block=10)
     after = [s2.take() for _ in range(3)]
     mptest.true(min(after) > max(used), (used, after))
     mptest.eq(len(set(used + after)), 16)
@@ -45,7 +46,7 @@ def test_a_reboot_never_reuses_a_number():
 
 def test_the_flash_is_written_once_per_block():
     _fresh()
-    s = seqno.SeqNo(DIR, block=100)
+    s = SeqNo(DIR, block=100)
     s.take()
     mptest.eq(_stored(), 100)
     for _ in range(98):
@@ -60,17 +61,17 @@ def test_a_corrupt_counter_jumps_far_ahead_instead_of_guessing_low():
     _fresh()
     with open(DIR + "/seq", "w") as f:
         f.write("12x")
-    s = seqno.SeqNo(DIR, block=10)
+    s = SeqNo(DIR, block=10)
     mptest.true(s.take() >= 1 << 30)
 
 
 def test_a_leftover_temporary_file_is_harmless():
     _fresh()
-    s = seqno.SeqNo(DIR, block=10)
+    s = SeqNo(DIR, block=10)
     s.take()
     with open(DIR + "/seq.tmp", "w") as f:
         f.write("3")  # a write that was cut before its rename
-    mptest.eq(seqno.SeqNo(DIR, block=10).take(), 10)
+    mptest.eq(SeqNo(DIR, block=10).take(), 10)
 
 
 mptest.main(globals())

@@ -11,6 +11,7 @@
 # preallocated array, so the heap holds no more than the van would.
 # stdout, one line each:
 #   IMPORT bytes=B                          heap the fence module costs once imported
+#   FIXED bytes=B                           heap an engine holds for an empty route
 #   RESULT impl=I fences=N fixes=F us_per_fix=X alloc_per_fix=Y req_per_fix=Z
 #          bytes_stored=S events=E          (one line)
 # alloc_per_fix: gc.mem_alloc() around each fix with gc disabled (-1 when one fix's
@@ -30,6 +31,14 @@ import fence  # noqa: E402  (imported after the baseline to measure its cost)
 
 gc.collect()
 print("IMPORT bytes=%d" % (gc.mem_alloc() - _a))
+_g = None
+_r = [1, 1, {}, None, [], []]  # made first: only the engine is measured
+gc.collect()
+_a = gc.mem_alloc()
+_g = fence.Geofence(_r, None)
+gc.collect()
+print("FIXED bytes=%d" % (gc.mem_alloc() - _a))
+_g = _r = None
 
 PATH = sys.argv[1]
 ROUNDS = int(sys.argv[2])

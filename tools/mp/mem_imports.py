@@ -10,7 +10,7 @@
 # (live bytes after gc.collect(), in whole GC blocks). stdout:
 #   qstr pool: n_pool=.., n_qstr=.., ...   (micropython.qstr_info(): before, after each M)
 #   M <module> <bytes>
-#   P <bytes of the GPS parser alone: nmeasentence + nmea + one Parser>  (reference)
+#   P <bytes of the GPS parser alone: nmea + one Parser>  (reference)
 #   T <total bytes>
 # Arguments: module names, to measure those instead (in that order).
 import gc
@@ -21,19 +21,19 @@ import micropython
 # Leaf first: a module's own imports come before it.
 ORDER = (
     "asyncio",
+    "asyncio.event",
+    "aio",
     "log",
     "config",
-    "nmeasentence",
     "nmea",
-    "gps",
     "tracker",
     "board_sim",
     "coapmsg",
     "coap",
     "cbor",
     "report",
-    "seqno",
     "uplink",
+    "fence",
 )
 
 
@@ -50,7 +50,7 @@ def main(names):
         a = gc.mem_alloc()
         print("M %s %d" % (name, a - prev))
         micropython.qstr_info()
-        if name in ("nmeasentence", "nmea"):
+        if name == "nmea":
             parser += a - prev
         prev = a
     if "nmea" in sys.modules:

@@ -68,28 +68,23 @@ def fix_json(f):
     )
 
 
-def sentence_json(p, s):
-    line = bytes(p._buf[: p._n]).decode()
-    return (
-        '{"sentence":"%s","kind":"%s","tod":%s,"day":%s,"lat":%s,"lon":%s,"speed":%s,'
-        '"course":%s,"alt":%s,"quality":%s,"mode":%s,"sats":%s,"hdop":%s,"ok":%s,"bad":%s}'
-        % (
-            line.replace("\\", "\\\\").replace('"', '\\"'),
-            line[3:6],  # the sentence type: the parser takes only $ttSSS addresses
-            num(s.tod),
-            num(s.day),
-            num(s.lat),
-            num(s.lon),
-            num(s.speed),
-            num(s.course),
-            num(s.alt),
-            num(s.quality),
-            num(s.mode),
-            num(s.sats),
-            num(s.hdop),
-            "true" if s.ok else "false",
-            "true" if s.bad else "false",
-        )
+# The slots of the parser's sentence array (Parser.s, nmea.py's _TOD.._STAT), in order;
+# "no value" there is nmea._NONE. _STAT holds the ok (1) and bad (2) bits.
+SLOTS = ("tod", "day", "lat", "lon", "speed", "course", "alt", "quality", "mode", "sats", "hdop")
+NONE = -0x40000000
+
+
+def sentence_json(p, s, n):
+    line = bytes(p._buf[:n]).decode()
+    vals = ",".join(
+        '"%s":%s' % (name, num(None if s[i] == NONE else s[i])) for i, name in enumerate(SLOTS)
+    )
+    return '{"sentence":"%s","kind":"%s",%s,"ok":%s,"bad":%s}' % (
+        line.replace("\\", "\\\\").replace('"', '\\"'),
+        line[3:6],  # the sentence type: the parser takes only $ttSSS addresses
+        vals,
+        "true" if s[11] & 1 else "false",
+        "true" if s[11] & 2 else "false",
     )
 
 
@@ -107,7 +102,7 @@ def decode(chunk, sentences):
     out = sys.stdout
     p = nmea.Parser(lambda f: out.write(fix_json(f) + "\n"))
     if sentences:
-        p.on_sentence = lambda s: out.write(sentence_json(p, s) + "\n")
+        p.on_sentence = lambda s, n: out.write(sentence_json(p, s, n) + "\n")
     buf = bytearray(chunk)
     inp = sys.stdin.buffer
     while True:
