@@ -3,7 +3,7 @@
 import os
 import sys
 
-from machine import UART, Pin, reset_cause
+from machine import UART, Pin, reset_cause, soft_reset
 
 # UART receive buffer: at 10 Hz and 115200 baud a receiver can fill the line
 # (11.5 KB/s). 4 KB covers ~350 ms of a saturated line, more than the longest pause of
@@ -41,6 +41,9 @@ class Board:
         # machine.UART is a stream the asyncio poller understands (aio.readable): the GPS
         # task waits for bytes without holding up the others.
         return self.gps_uart
+
+    def restart(self):
+        soft_reset()  # the interpreter starts again: boot.py, main.py
 
     def led(self, on):
         if self._led is not None:

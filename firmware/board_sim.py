@@ -9,6 +9,8 @@ import sys
 
 from micropython import const
 
+# Exit status asking the rig to start the firmware again (the van's reset: tools/rig.py).
+_RESTART = const(3)
 # Linux termios c_cc indices (MicroPython's termios module does not export them).
 _VTIME = const(5)
 _VMIN = const(6)
@@ -74,6 +76,9 @@ class Board:
         attrs[6][_VTIME] = 0
         termios.tcsetattr(f.fileno(), termios.TCSANOW, attrs)
         return f
+
+    def restart(self):
+        sys.exit(_RESTART)
 
     def led(self, on):
         self._led = bool(on)

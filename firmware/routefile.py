@@ -139,11 +139,13 @@ def open_route(f, ids=None):
     return [fmt, version, params, depot, Fences(r, ids), Fences(r, ids)]
 
 
-def load(path, emit, old=None, old_ids=None, old_etag=None):
+def load(path, emit):
     # The geofence for the route file at path: (geofence, version, fence id hashes by
-    # number, ETag, number of stops), or None without a route file. old, old_ids and
-    # old_etag: the progress (Geofence.state()), fence id hashes and ETag of the route
-    # it replaces, if any. Raises ValueError, OSError.
+    # number, ETag, number of stops), or None without a route file. Its progress comes
+    # from the state file the tracker keeps (Tracker._save: ETag, id hashes, state): as
+    # it is if that belongs to this very route (a reboot), else stop by stop, matched by
+    # id hash, from the route it replaces.
+    # Raises ValueError, OSError.
     try:
         f = open(path, "rb")
     except OSError:
@@ -165,17 +167,18 @@ def load(path, emit, old=None, old_ids=None, old_etag=None):
             h.update(memoryview(buf)[:n])
             n = f.readinto(buf)
     etag = h.digest()[:8]  # as the gateway's ETag: sha256 of the route, first 8 bytes
-    if old is not None and old_etag != etag:
-        new = {}
-        for k in range(len(ids)):
-            new[ids[k]] = k
-        g.load_state(old, [new.get(k, -1) for k in old_ids or ()])
-    else:
-        try:
-            with open(path + ".state", "rb") as f:
-                b = f.read()
-            if b[:8] == etag:
-                g.load_state(b[8:])
-        except (OSError, ValueError):
-            pass  # no progress yet, or of another route: start afresh
+    try:
+        with open(path + ".state", "rb") as f:
+            b = f.read()
+        k = 10 + 4 * (b[8] | b[9] << 8)
+        if b[:8] == etag:
+            g.load_state(memoryview(b)[k:])
+        else:
+            new = {}
+            for i in range(len(ids)):
+                new[ids[i]] = i
+            old = array("i", b[10:k])
+            g.load_state(memoryview(b)[k:], [new.get(i, -1) for i in old])
+    except (OSError, ValueError, IndexError):
+        pass  # no progress yet, or unreadable: start afresh
     return g, r[1], ids, etag, stops

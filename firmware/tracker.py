@@ -40,22 +40,30 @@ class Tracker:
         self._ids = None  # the route's fence id hashes, by fence number
         self._etag = None
         self._path = board.flash_dir + "/route.cbor"
-        self.load_route()
+        self.restart = False  # set when a new route needs a clean heap: see run()
+        self.load_route(True)
 
-    def load_route(self):
+    def load_route(self, boot=False):
         # (Re)build the geofence from the route file (routefile.load: the code for it is
-        # in the heap only meanwhile). The geofence being replaced leaves its progress
-        # behind and goes first, so the two never share the heap; if the new one cannot
-        # be built the van goes on tracking and reporting without fences, and says so.
-        old = None if self.geo is None else self.geo.state()
+        # in the heap only meanwhile). The geofence being replaced has its progress in
+        # the state file already (saved after every event) and goes first, so the two
+        # never share the heap. If the heap cannot take the new one now (a route fetched
+        # while everything runs), the van restarts to load it at boot (see run()); if the
+        # file is bad it goes on tracking and reporting without fences, and says so.
         self.geo = None
         gc.collect()
         got = None
         try:
             import routefile
 
-            got = routefile.load(self._path, self._event, old, self._ids, self._etag)
-        except (ValueError, OSError, MemoryError) as e:
+            got = routefile.load(self._path, self._event)
+        except MemoryError:
+            if boot:  # the heap will never be emptier than now: no fences, say so
+                log.error("route", "too_large_for_heap")
+            else:
+                log.warn("route", "restart_to_load")
+                self.restart = True
+        except (ValueError, OSError) as e:
             log.error("route", "unreadable", error=repr(e))
         finally:
             sys.modules.pop("routefile", None)
@@ -70,10 +78,15 @@ class Tracker:
         self._save()
 
     def _save(self):
-        # The geofence's progress, tied to its route by the ETag; replaced atomically.
+        # The route's progress next to it, replaced atomically: its ETag (8 bytes), the
+        # number of fences (2, little endian) and their id hashes (4 each: so a route
+        # replacing this one takes over stop by stop), then Geofence.state().
         tmp = self._path + ".state.tmp"
+        ids = self._ids
         with open(tmp, "wb") as f:
             f.write(self._etag)
+            f.write(bytes((len(ids) & 255, len(ids) >> 8)))  # type: ignore[arg-type]
+            f.write(ids)
             f.write(self.geo.state())  # type: ignore[union-attr]
         os.rename(tmp, self._path + ".state")
 
@@ -133,7 +146,8 @@ class Tracker:
         sender = None if up is None else asyncio.create_task(up.run())
         try:
             await self._read_gps()
-            # Only the sim board's replay ends: deliver what is left before stopping.
+            # The sim board's replay ended, or a restart is due: deliver what is left
+            # first (the queue is in RAM), then stop.
             if up is not None and not await up.drain(_DRAIN_MS):
                 log.warn("uplink", "undelivered", queued=len(up.queue))
         finally:
@@ -174,6 +188,8 @@ class Tracker:
                     # the van keeps reading its GPS: this chunk's fix may be lost, not the van.
                     oom += 1
                     gc.collect()
+                if self.restart:
+                    return  # stop deciding records: run() delivers them, main() restarts
                 if gate is not None and gate.blocked:
                     await gate.space.wait()
                 continue
@@ -235,3 +251,5 @@ def main(board):
     finally:
         t.log_stats()
         log.info("boot", "stop")
+    if t.restart:
+        board.restart()  # everything decided was delivered: start again, route first

@@ -77,6 +77,10 @@ def parse_fix_line(line: str) -> dict[str, Any] | None:
     }
 
 
+# The sim board's exit status for "reset me" (firmware/board_sim.py Board.restart).
+RESTART_EXIT = 3
+
+
 class SimVan:
     """One simulated van: gps-sim on a pty feeding the firmware under `micropython`."""
 
@@ -102,6 +106,7 @@ class SimVan:
         self.config = config
         self.sim: subprocess.Popen[bytes] | None = None
         self.fw: subprocess.Popen[bytes] | None = None
+        self.restarts = 0  # times the firmware asked for a reset and was started again
         self.pty_path: str | None = None
         self._sim_stderr: list[str] = []
 
@@ -123,6 +128,10 @@ class SimVan:
         if self.config is not None:
             # What provisioning writes to the van's flash (docs/hardware.md).
             (self.flash_dir / "config.json").write_text(json.dumps(self.config))
+        self._start_firmware()
+
+    def _start_firmware(self) -> None:
+        assert self.pty_path is not None
         args = ["--gps", self.pty_path, "--flash", str(self.flash_dir), "--exit-on-eof"]
         if self.echo:
             args.append("--echo")
@@ -144,10 +153,20 @@ class SimVan:
         threading.Thread(target=pump, daemon=True).start()
 
     def console(self) -> Iterator[str]:
-        """The firmware's console lines, until it exits."""
-        assert self.fw is not None and self.fw.stdout is not None
-        for raw in self.fw.stdout:
-            yield raw.decode(errors="replace").rstrip("\r\n")
+        """The firmware's console lines, until it exits.
+
+        A firmware that exits with RESTART_EXIT asked for a reset (as machine.soft_reset()
+        on a van): it is started again on the same GPS pty and flash, and its console
+        goes on here."""
+        while True:
+            assert self.fw is not None and self.fw.stdout is not None
+            for raw in self.fw.stdout:
+                yield raw.decode(errors="replace").rstrip("\r\n")
+            if self.fw.wait() != RESTART_EXIT:
+                return
+            self.fw.stdout.close()
+            self.restarts += 1
+            self._start_firmware()
 
     def fixes(self) -> Iterator[dict[str, Any]]:
         for line in self.console():
