@@ -5,16 +5,22 @@ SQLite store) on a loopback port, and per van gps-sim on its own pty feeding the
 firmware under the MicroPython unix port on the sim board, which decides fixes and sends
 CBOR reports over CoAP, exactly as on the ESP32. A live line shows positions arriving in
 the store; at the end each van's figures are compared with what the store holds.
+
+Each van gets the day's stops of its route (`<route>.stops.geojson` beside a sample
+route, loaded with `vantrack route load`): it fetches them from the gateway, decides
+its arrivals and departures itself, and they are printed as they happen.
 Ctrl-C stops everything cleanly.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import queue
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -22,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..gateway import route as routemod
+from ..gateway import wire
 from . import rig
 
 DEFAULT_ROUTES = ["urban-round", "highway-run", "sao-paulo-paulista"]
@@ -50,6 +58,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also print every Nth fix each van decides (default: only the progress line)",
     )  # fmt: skip
     p.add_argument(
+        "--no-stops", action="store_true",
+        help="do not give the vans their routes' stops (positions only)",
+    )  # fmt: skip
+    p.add_argument(
         "--dir", type=Path,
         help="keep the gateway's store and logs here (default: a temporary directory)",
     )  # fmt: skip
@@ -67,6 +79,37 @@ def _fmt_fix(name: str, fix: dict[str, Any]) -> str:
         "  --" if course is None else f"{course:4.0f}°",
         f"sats {fix['sats'] if fix['sats'] is not None else '-':>2}",
     ])  # fmt: skip
+
+
+def _load_stops(gateway: rig.GatewayProcess, name: str, route: Path) -> list[str] | None:
+    """Load the stops beside `route` for van `name`; the fence ids by fence number."""
+    stops = route.with_name(route.stem + ".stops.geojson")
+    if not stops.exists():
+        return None
+    proc = subprocess.run(
+        [*rig.CLI, "route", "load", name, str(stops), "--db", str(gateway.db)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"route load {stops.name} for {name} failed: {proc.stderr}")
+    with sqlite3.connect(gateway.db) as conn:
+        row = conn.execute(
+            "SELECT r.cbor FROM routes r JOIN devices d ON d.id = r.device_id WHERE d.name = ?",
+            (name,),
+        ).fetchone()
+    _, r = routemod.decode(bytes(row[0]))
+    return [r.depot.id if r.depot else "-"] + [f.id for f in (*r.stops, *r.zones)]
+
+
+def _fmt_event(name: str, line: str, ids: list[str] | None) -> str:
+    """`I fence event t=.. type=.. x=.. n=..` as a line for people."""
+    kv = dict(p.split("=", 1) for p in line.split()[3:])
+    n = int(kv["n"])
+    etype = int(kv["type"])
+    at = (wire.GPS_EPOCH + dt.timedelta(seconds=int(kv["t"]))).strftime("%H:%M:%SZ")
+    fence = ids[n] if ids and n < len(ids) else f"#{n}"
+    what = {3: f"  dwell {kv['x']} s", 6: f"  expected #{kv['x']}"}.get(etype, "")
+    return f"{name:<7} {at}  {wire.event_name(etype):<15} {fence}{what}"
 
 
 def _store_counts(db: Path) -> dict[int, tuple[int, int | None]]:
@@ -113,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     speedup = None if args.speedup == 0 else args.speedup
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="vantrack-demo-"))
     vans: list[tuple[str, rig.SimVan, dict[str, Any]]] = []
+    ids: dict[str, list[str] | None] = {}
     lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
     gateway = rig.GatewayProcess(workdir / "gateway")
     pace = "as fast as the firmware reads" if speedup is None else f"x{speedup:g} real time"
@@ -131,13 +175,15 @@ def run(args: argparse.Namespace) -> int:
             name = f"van-{i + 1}"
             route = paths[i % len(paths)]
             cfg = gateway.van_config(name)
+            ids[name] = None if args.no_stops else _load_stops(gateway, name, route)
             van = rig.SimVan(
                 route, workdir / name, rate_hz=args.rate, speedup=speedup, config=cfg,
                 echo=True, sim_args=["--seed", str(i + 1)],
             )  # fmt: skip
             van.start()
-            print(f"{name}: id {cfg['device_id']}, route {route.name}, GPS on {van.pty_path},"
-                  f" firmware under micropython -X heapsize={van.heap}",
+            stops = "" if ids[name] is None else f", {len(ids[name]) - 1} fences to serve"
+            print(f"{name}: id {cfg['device_id']}, route {route.name}{stops}, GPS on"
+                  f" {van.pty_path}, firmware under micropython -X heapsize={van.heap}",
                   file=sys.stderr)  # fmt: skip
             vans.append((name, van, cfg))
 
@@ -150,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
 
         running = n
         decided = {name: 0 for name, _, _ in vans}
+        events = {name: 0 for name, _, _ in vans}
         stats: dict[str, list[str]] = {name: [] for name, _, _ in vans}
         started = time.monotonic()
         next_poll = 0.0
@@ -163,12 +210,16 @@ def run(args: argparse.Namespace) -> int:
             elif line:
                 fix = rig.parse_fix_line(line)
                 if fix is None:
-                    if line.startswith("I ") and " stats " in line:
+                    if line.startswith("I fence event "):
+                        events[name] += 1
+                        progress.show(_fmt_event(name, line, ids[name]), force=True)
+                        progress.done()
+                    elif line.startswith("I ") and " stats " in line:
                         stats[name].append(line)
                     elif line.startswith(("E ", "W ")) or "Error" in line:
                         progress.show(f"{name:<7} {line}", force=True)
                         progress.done()
-                elif fix["valid"]:
+                elif fix["valid"] and fix["time"]:  # reported: a fix with a date
                     decided[name] += 1
                     if args.fixes and decided[name] % args.fixes == 0:
                         progress.show(_fmt_fix(name, fix), force=True)
@@ -185,17 +236,23 @@ def run(args: argparse.Namespace) -> int:
                 progress.show(f"[{elapsed:6.1f}s] stored {total} positions  |  {per_van}")
         progress.done()
         counts = _store_counts(gateway.db)
+        with sqlite3.connect(gateway.db) as conn:
+            q = "SELECT device_id, count(*) FROM events GROUP BY device_id"
+            stored_events = dict(conn.execute(q).fetchall())
         print(f"\ndone in {time.monotonic() - started:.1f} s", file=sys.stderr)
-        print(f"{'van':<8}{'decided':>9}{'stored':>9}  firmware", file=sys.stderr)
+        print(f"{'van':<8}{'decided':>9}{'stored':>9}{'events':>8}{'stored':>8}  firmware",
+              file=sys.stderr)  # fmt: skip
         lost = 0
         for name, _, cfg in vans:
             got = counts.get(cfg["device_id"], (0, None))[0]
-            lost += max(decided[name] - got, 0)
+            got_ev = stored_events.get(cfg["device_id"], 0)
+            lost += max(decided[name] - got, 0) + max(events[name] - got_ev, 0)
             last = stats[name][-1] if stats[name] else ""
-            print(f"{name:<8}{decided[name]:>9}{got:>9}  {last}", file=sys.stderr)
+            print(f"{name:<8}{decided[name]:>9}{got:>9}{events[name]:>8}{got_ev:>8}  {last}",
+                  file=sys.stderr)  # fmt: skip
         print(
-            f"\nthe store: vantrack positions --db {gateway.db} --limit 5"
-            + ("" if args.dir else "  (temporary: use --dir to keep it)"),
+            f"\nthe store: vantrack positions --db {gateway.db} --limit 5; vantrack events"
+            f" --db {gateway.db}" + ("" if args.dir else "  (temporary: use --dir to keep it)"),
             file=sys.stderr,
         )
         return 1 if lost else 0
