@@ -181,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
                 echo=True, sim_args=["--seed", str(i + 1)],
             )  # fmt: skip
             van.start()
-            stops = "" if ids[name] is None else f", {len(ids[name]) - 1} fences to serve"
+            fences = ids[name]
+            stops = "" if fences is None else f", {len(fences) - 1} fences to serve"
             print(f"{name}: id {cfg['device_id']}, route {route.name}{stops}, GPS on"
                   f" {van.pty_path}, firmware under micropython -X heapsize={van.heap}",
                   file=sys.stderr)  # fmt: skip

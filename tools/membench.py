@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import re
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,13 +98,25 @@ def _free_figures(lines: list[str]) -> tuple[int | None, int | None, int]:
     return min(frees), frees[-1], len(frees)
 
 
-def measure_running(route: str, heap: str, *, reporting: bool, workdir: Path) -> Running:
-    """Play `route` on one sim van (to a gateway if `reporting`); its free-heap figures."""
+def measure_running(
+    route: str, heap: str, *, reporting: bool, workdir: Path, stops: bool = False
+) -> Running:
+    """Play `route` on one sim van (to a gateway if `reporting`, with the route's stops if
+    `stops`: the van then fetches them, restarts once to build its fences and decides
+    events); its free-heap figures."""
     t0 = time.monotonic()
-    flash = workdir / ("flash-report" if reporting else "flash-track")
+    kind = "stops" if stops else "report" if reporting else "track"
+    flash = workdir / f"flash-{kind}"
     if reporting:
-        with rig.GatewayProcess(workdir / "gateway") as gw:
+        with rig.GatewayProcess(workdir / f"gateway-{kind}") as gw:
             cfg = gw.van_config("bench-1")
+            if stops:
+                file = rig.sample_route(route)
+                subprocess.run(
+                    [*rig.CLI, "route", "load", "bench-1",
+                     str(file.with_name(file.stem + ".stops.geojson")), "--db", str(gw.db)],
+                    check=True, capture_output=True, timeout=60,
+                )  # fmt: skip
             with rig.SimVan(
                 rig.sample_route(route), flash, config=cfg, echo=False, heap=heap
             ) as van:
@@ -157,10 +170,13 @@ def run(args: argparse.Namespace) -> int:
     heap = getattr(args, "heap", mpy.DEFAULT_HEAP)
     rows = []
     with tempfile.TemporaryDirectory(prefix="vantrack-membench-") as tmp:
-        for reporting, h in ((False, mpy.DEFAULT_HEAP), (True, heap)):
-            what = "reporting to a gateway" if reporting else "tracking only"
+        cases = ((False, False, mpy.DEFAULT_HEAP), (True, False, heap), (True, True, heap))
+        for reporting, stops, h in cases:
+            what = ("reporting + stops" if stops else "reporting to a gateway") if reporting \
+                else "tracking only"  # fmt: skip
             print(f"running {route}, {what}, heap {h} ...", file=sys.stderr, flush=True)
-            rows.append((what, measure_running(route, h, reporting=reporting, workdir=Path(tmp))))
+            rows.append((what, measure_running(route, h, reporting=reporting, stops=stops,
+                                               workdir=Path(tmp))))  # fmt: skip
     print(f"\nfree heap while running {route} (KB, after gc.collect() in each stats line)\n")
     print(f"{'van':<24}{'heap':>6}{'min free':>10}{'last':>7}{'stats':>7}{'stored':>8}{'rc':>4}")
     for what, r in rows:
@@ -171,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"    {e}")
     print(
         "\nmin free: the least free heap any stats line saw; stored: positions the gateway"
-        " committed; rc: the firmware's exit code (0: the replay ended and was delivered)."
+        " committed; rc: the firmware's exit code (0: the replay ended and was delivered);"
+        " + stops: the van also fetched the route's stops and decided its events."
     )
     return 0 if all(r.rc == 0 for _, r in rows) else 1
 
