@@ -1,4 +1,5 @@
-"""Gateway commands: `vantrack gateway`, `devices`, `route`, `positions`, `events`, `decode`.
+"""Gateway commands: `vantrack gateway`, `devices`, `route`, `positions`, `events`, `stops`,
+`decode`.
 
 Each handler builds the configuration once (TOML file + flags, gateway/config.py) and
 hands it down. A bad configuration is one line on stderr and exit code 2, as is a route
@@ -16,6 +17,7 @@ import os
 import re
 import secrets
 import sys
+import zoneinfo
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,17 @@ import cbor2
 from . import config as configmod
 from . import route as routemod
 from . import wire
-from .store import Device, Query, Store, StoreError, from_ms, to_ms
+from .store import (
+    EXTRA_ROUTE,
+    EXTRA_VALUE,
+    Device,
+    Query,
+    StopsDay,
+    Store,
+    StoreError,
+    from_ms,
+    to_ms,
+)  # fmt: skip
 
 EXIT_CONFIG = 2
 EXIT_BAD_ROUTE = 2
@@ -130,6 +142,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         _config_args(q)
         q.set_defaults(func=cmd_positions if kind == "positions" else cmd_events)
 
+    st = sub.add_parser(
+        "stops", help="a van's day: planned stops against arrivals, departures and dwell",
+        description=STOPS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    st.add_argument("device", metavar="DEVICE", help="device name or id")
+    st.add_argument("--date", metavar="YYYY-MM-DD", help="the day, in --tz (default: today there)")
+    st.add_argument(
+        "--tz", metavar="ZONE", default="UTC",
+        help="IANA time zone that days and times are in, e.g. Europe/Madrid (default UTC)",
+    )  # fmt: skip
+    st.add_argument("--json", action="store_true", help="one JSON object for the day")
+    _config_args(st)
+    st.set_defaults(func=cmd_stops)
+
     dec = sub.add_parser(
         "decode", help="show what a report payload holds (CBOR diagnostic + fields)",
         description="Decode one report: CBOR diagnostic notation, then the decoded fields "
@@ -162,6 +188,19 @@ window_end (ISO 8601 with offset) and service_s. One feature with role "depot", 
 role "zone" and a zone_id. Thresholds in the collection's "properties" (hdop_max,
 sats_min, confirm_s, hold_s, depot_leave_s). Every problem is printed with the feature it
 is in; then nothing is stored and the exit code is 2. Works while the gateway runs.
+"""
+
+STOPS_HELP = """\
+What the van recorded against its route for one day: for each planned stop (the route
+version in force that day, in seq order) the arrival (first fix inside the arrived
+boundary: the arrived event's time minus the seconds it had been inside), the departure
+(when the van decided it had left: hold_s after its last fix near the stop), the dwell
+the van measured (first fix inside to last fix inside or near) and whether it was
+visited in sequence (no out_of_sequence event named it); then stops never visited. A day
+runs from 00:00 to 24:00 in --tz by the events' device (GPS) time. Events map their
+fence numbers through the route version they were decided under, so a route replaced
+mid-day counts each stop once, by stop id. Exit code 1 for an unknown device or a day
+with no route. See docs/routes.md.
 """
 
 
@@ -676,14 +715,78 @@ def _jsonable(v: Any) -> Any:
     return repr(v)
 
 
+# The type-specific value (extra key 7) by name, per event type (docs/geofencing.md).
+VALUE_NAMES = {
+    wire.EventType.ARRIVED: "inside_s",
+    wire.EventType.DEPARTED: "dwell_s",
+    wire.EventType.ROUTE_STARTED: "outside_s",
+    wire.EventType.ROUTE_FINISHED: "inside_s",
+    wire.EventType.OUT_OF_SEQUENCE: "expected",
+    wire.EventType.ZONE_ENTER: "inside_s",
+    wire.EventType.ZONE_EXIT: "dwell_s",
+}
+
+
+class _FenceIds:
+    """Fence number -> id through the route version an event names (or, without one,
+    the device's current route); versions decoded once per command."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cache: dict[tuple[int, int], list[str] | None] = {}
+        self.current: dict[int, int | None] = {}
+
+    def __call__(self, device_id: int, fence: Any, version: Any) -> str | None:
+        if isinstance(fence, str):
+            return fence
+        if not isinstance(fence, int):
+            return None
+        if not isinstance(version, int):
+            if device_id not in self.current:
+                stored = self.store.route(device_id)
+                self.current[device_id] = None if stored is None else stored.version
+            version = self.current[device_id]
+            if version is None:
+                return None
+        if (device_id, version) not in self.cache:
+            self.cache[device_id, version] = self.store.fence_ids(device_id, version)
+        ids = self.cache[device_id, version]
+        return ids[fence] if ids is not None and 0 <= fence < len(ids) and ids[fence] else None
+
+
 @_handler
 def cmd_events(args: argparse.Namespace) -> int:
     store = _open(_config(args))
     try:
         rows = store.events(_query(args, store))
+        fence_ids = _FenceIds(store)
+
+        def raw(r: Any) -> dict[Any, Any]:
+            return {} if r["extra"] is None else dict(cbor2.loads(r["extra"]))
 
         def extra(r: Any) -> dict[str, Any]:
-            return {} if r["extra"] is None else _jsonable(cbor2.loads(r["extra"]))
+            return {} if r["extra"] is None else _jsonable(raw(r))
+
+        def fence_id(r: Any) -> str | None:
+            return fence_ids(r["device_id"], r["fence"], raw(r).get(EXTRA_ROUTE))
+
+        def named(r: Any) -> dict[str, Any]:
+            x = raw(r)
+            out: dict[str, Any] = {"fence_id": fence_id(r), "route_version": x.get(EXTRA_ROUTE)}
+            name = VALUE_NAMES.get(r["type"])
+            if name is not None and EXTRA_VALUE in x:
+                out[name] = _jsonable(x[EXTRA_VALUE])
+                if r["type"] == wire.EventType.OUT_OF_SEQUENCE:
+                    out["expected_id"] = fence_ids(
+                        r["device_id"], x[EXTRA_VALUE], x.get(EXTRA_ROUTE)
+                    )
+            return out
+
+        def fence_cell(r: Any) -> str:
+            if r["fence"] is None or isinstance(r["fence"], str):
+                return _opt(r["fence"])
+            sid = fence_id(r)
+            return str(r["fence"]) if sid is None else f"{r['fence']} {sid}"
 
         if args.json:
             for r in rows:
@@ -704,6 +807,7 @@ def cmd_events(args: argparse.Namespace) -> int:
                             "extra": extra(r),
                             "received": _iso(r["received_ms"]),
                         }  # fmt: skip
+                        | named(r)
                     )
                 )
             return 0
@@ -717,7 +821,7 @@ def cmd_events(args: argparse.Namespace) -> int:
                     wire.event_name(r["type"]),
                     _opt(r["lat_e6"] and r["lat_e6"] / 1e6, "{:.6f}"),
                     _opt(r["lon_e6"] and r["lon_e6"] / 1e6, "{:.6f}"),
-                    _opt(r["fence"]),
+                    fence_cell(r),
                     json.dumps(extra(r)) if r["extra"] is not None else "-",
                 ]
                 for r in rows
@@ -726,6 +830,129 @@ def cmd_events(args: argparse.Namespace) -> int:
         )
     finally:
         store.close()
+    return 0
+
+
+# ---- stops -----------------------------------------------------------------------------
+def _zone(name: str) -> dt.tzinfo:
+    if name.upper() == "UTC":
+        return dt.UTC
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise _Exit(1, f"--tz {name!r}: not a known IANA time zone (e.g. Europe/Madrid)") from None
+
+
+def _day(text: str | None, tz: dt.tzinfo) -> tuple[dt.date, int, int]:
+    """The day and its [start, end) in Unix ms, midnight to midnight in tz."""
+    if text is None:
+        day = dt.datetime.now(tz).date()
+    else:
+        try:
+            day = dt.date.fromisoformat(text)
+        except ValueError:
+            raise _Exit(1, f"--date {text!r}: use YYYY-MM-DD") from None
+    start = dt.datetime.combine(day, dt.time(), tz)
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tz)
+    return day, to_ms(start), to_ms(end)
+
+
+def _local(ms: int | None, tz: dt.tzinfo, fmt: str = "%H:%M:%S") -> str:
+    return "-" if ms is None else from_ms(ms).astimezone(tz).strftime(fmt)
+
+
+def _local_iso(ms: int | None, tz: dt.tzinfo) -> str | None:
+    if ms is None:
+        return None
+    t = from_ms(ms).astimezone(tz)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ") if tz is dt.UTC else t.isoformat()
+
+
+def _window(ws: int | None, we: int | None, tz: dt.tzinfo, day: dt.date) -> str:
+    if ws is None and we is None:
+        return "-"
+
+    def one(ms: int | None) -> str:
+        if ms is None:
+            return ""
+        t = from_ms(ms).astimezone(tz)
+        return t.strftime("%H:%M") if t.date() == day else t.strftime("%Y-%m-%dT%H:%M")
+
+    return f"{one(ws)}-{one(we)}"
+
+
+def _stops_summary(day: StopsDay) -> str:
+    planned = [s for s in day.stops if s.seq is not None]
+    visited = sum(s.visited for s in planned)
+    late = sum(s.out_of_sequence for s in day.stops)
+    line = f"visited {visited} of {len(planned)}, out of sequence {late}"
+    missed = [s.stop_id for s in planned if not s.visited]
+    if missed:
+        line += f"; not visited: {', '.join(missed)}"
+    return line
+
+
+@_handler
+def cmd_stops(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    tz = _zone(args.tz)
+    date, since, until = _day(args.date, tz)
+    store = _open(cfg)
+    try:
+        dev = _resolve(store, args.device)
+        day = store.stops(dev.id, since, until)
+    finally:
+        store.close()
+    zone = "UTC" if tz is dt.UTC else args.tz
+    if day is None:
+        return _fail(
+            1, f"{dev.name} (id {dev.id}) had no route on {date} ({zone}) (vantrack route load)"
+        )
+    if args.json:
+        print(json.dumps({
+            "device_id": dev.id, "device_name": dev.name, "date": str(date), "tz": zone,
+            "route_version": day.version, "event_versions": list(day.versions),
+            "stops": [{
+                "seq": s.seq, "stop_id": s.stop_id, "planned": s.seq is not None,
+                "window_start": _local_iso(s.window_start_ms, tz),
+                "window_end": _local_iso(s.window_end_ms, tz),
+                "visited": s.visited, "arrived": _local_iso(s.arrived_ms, tz),
+                "departed": _local_iso(s.departed_ms, tz), "dwell_s": s.dwell_s,
+                "in_sequence": None if not s.visited else not s.out_of_sequence,
+                "expected": s.expected,
+            } for s in day.stops],
+            "visited": sum(s.visited for s in day.stops if s.seq is not None),
+            "planned": sum(s.seq is not None for s in day.stops),
+            "out_of_sequence": sum(s.out_of_sequence for s in day.stops),
+            "unmapped_events": day.unmapped,
+        }))  # fmt: skip
+        return 0
+    under = ", ".join(str(v) for v in day.versions) or "none"
+    print(
+        f"{dev.name} (id {dev.id}) on {date} ({zone}): route version {day.version}, "
+        f"events under versions {under}"
+    )
+    rows = []
+    for s in day.stops:
+        if not s.visited:
+            in_seq = "-"
+        elif s.out_of_sequence:
+            in_seq = "no" if s.expected is None else f"no (expected {s.expected})"
+        else:
+            in_seq = "yes"
+        rows.append([
+            "-" if s.seq is None else str(s.seq), s.stop_id,
+            _window(s.window_start_ms, s.window_end_ms, tz, date),
+            _local(s.arrived_ms, tz), _local(s.departed_ms, tz),
+            _opt(s.dwell_s), in_seq,
+        ])  # fmt: skip
+    _table(["seq", "stop", "window", "arrived", "departed", "dwell s", "in sequence"],
+           rows, right={0, 5})  # fmt: skip
+    print(_stops_summary(day))
+    if any(s.seq is None for s in day.stops):
+        print("seq -: a stop of an earlier route version that day, not in this one")
+    if day.unmapped:
+        print(f"{_plural(day.unmapped, 'stop event')} name a fence no stored route explains")
     return 0
 
 

@@ -29,6 +29,11 @@ even after `route rm`), so a van never mistakes a new route for one it holds.
 `vantrack route load` writes while the gateway runs (WAL, busy timeout); the gateway
 reads the route per request, so the next fetch gets the new one.
 
+`Store.stops()` is the evidence per device and day (`vantrack stops`, docs/routes.md): a
+query function, not an SQL VIEW, because an event's fence number means something only
+through the CBOR of the route version it names (extra key 8), which SQLite cannot
+decode; a view would need a decoded copy of every route kept in step with the CBOR.
+
 It does not decode, authenticate or speak CoAP.
 """
 
@@ -47,8 +52,12 @@ from typing import Any
 import cbor2
 
 from . import wire
+from .route import decode as decode_route
 from .route import etag as route_etag
 
+# Type-specific event keys (docs/wire-format.md "7 and up"; firmware/report.py add_event).
+EXTRA_VALUE = 7  # arrived: s inside; departed: dwell s; out_of_sequence: expected stop no.
+EXTRA_ROUTE = 8  # the route version the fence number belongs to
 SCHEMA_VERSION = 2  # 2: routes, route_history
 MAX_DEVICE_ID = 0xFFFFFFFF
 _INT64 = (-(2**63), 2**63 - 1)
@@ -201,6 +210,37 @@ class Query:
     since_ms: int | None = None
     until_ms: int | None = None
     limit: int | None = None
+
+
+@dataclass(frozen=True)
+class StopVisit:
+    """One stop's evidence on one day. Times are Unix ms UTC; None where no event says."""
+
+    seq: int | None  # planned order; None: a stop only in an earlier version that day
+    stop_id: str
+    window_start_ms: int | None
+    window_end_ms: int | None
+    arrived_ms: int | None  # first fix inside: the arrived event's time minus its key 7
+    departed_ms: int | None  # when the van decided it had left (hold_s after the last
+    # fix inside or near)
+    dwell_s: int | None  # measured by the van: first fix inside to last fix inside or near
+    out_of_sequence: bool  # an out_of_sequence event named it
+    expected: str | None  # the stop the van expected instead, when out of sequence
+
+    @property
+    def visited(self) -> bool:
+        return self.arrived_ms is not None
+
+
+@dataclass(frozen=True)
+class StopsDay:
+    device_id: int
+    since_ms: int  # the day: since_ms <= event time < until_ms
+    until_ms: int
+    version: int  # the route version whose stops are the plan
+    versions: tuple[int, ...]  # the versions the day's events were decided under
+    stops: list[StopVisit]  # the plan in seq order, then stops dropped from it that day
+    unmapped: int  # stop events whose fence number no stored route version explains
 
 
 class Store:
@@ -380,6 +420,94 @@ class Store:
         except sqlite3.Error as e:
             raise StoreError(str(e)) from None
         return None if row is None else bytes(row[0])
+
+    def fence_ids(self, device_id: int, version: int) -> list[str] | None:
+        """Fence ids by number in a route version (depot 0, stops 1..n, zones after),
+        or None if the device was never given that version."""
+        payload = self.route_version(device_id, version)
+        if payload is None:
+            return None
+        route = decode_route(payload)[1]
+        return ["" if route.depot is None else route.depot.id] + [
+            f.id for f in (*route.stops, *route.zones)
+        ]
+
+    def stops(self, device_id: int, since_ms: int, until_ms: int) -> StopsDay | None:
+        """Planned stops against the van's events for one day [since_ms, until_ms).
+
+        The plan is the highest route version the day's events were decided under, or,
+        with no events, the last version loaded before the day ends; None if there is
+        none. Each event maps its fence number through its own version (key 8), so a
+        route replaced mid-day puts every event on the right stop, matched by stop id."""
+        try:
+            rows = self.conn.execute(
+                "SELECT time_ms, type, fence, extra FROM events WHERE device_id = ?"
+                " AND time_ms >= ? AND time_ms < ? AND type IN (?, ?, ?)"
+                " ORDER BY time_ms, seq",
+                (device_id, since_ms, until_ms, wire.EventType.ARRIVED,
+                 wire.EventType.DEPARTED, wire.EventType.OUT_OF_SEQUENCE),
+            ).fetchall()  # fmt: skip
+            loaded = self.conn.execute(
+                "SELECT max(version) FROM route_history WHERE device_id = ? AND loaded_ms < ?",
+                (device_id, until_ms),
+            ).fetchone()[0]
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from None
+        events = [(t, ty, f, cbor2.loads(x) if x is not None else {}) for t, ty, f, x in rows]
+        versions = sorted({x[EXTRA_ROUTE] for *_, x in events if EXTRA_ROUTE in x})
+        plan_version = versions[-1] if versions else loaded
+        if plan_version is None:
+            return None
+        plan_payload = self.route_version(device_id, plan_version)
+        if plan_payload is None:
+            return None
+        plan = decode_route(plan_payload)[1].stops
+        ids: dict[int, list[str] | None] = {}
+
+        def fence_id(fence: int | str | None, version: int) -> str | None:
+            if isinstance(fence, str):
+                return fence
+            if fence is None:
+                return None
+            if version not in ids:
+                ids[version] = self.fence_ids(device_id, version)
+            names = ids[version]
+            return names[fence] if names is not None and 0 <= fence < len(names) else None
+
+        arrived: dict[str, int] = {}
+        departed: dict[str, tuple[int, int | None]] = {}
+        late: dict[str, str | None] = {}
+        order: list[str] = []  # stops named by events, in the order first named
+        unmapped = 0
+        for time_ms, etype, fence, extra in events:
+            version = extra.get(EXTRA_ROUTE, plan_version)
+            sid = fence_id(fence, version)
+            if sid is None:
+                unmapped += 1
+                continue
+            if sid not in order:
+                order.append(sid)
+            value = extra.get(EXTRA_VALUE)
+            if etype == wire.EventType.ARRIVED:
+                arrived.setdefault(sid, time_ms - 1000 * (value or 0))
+            elif etype == wire.EventType.DEPARTED:
+                departed.setdefault(sid, (time_ms, value))
+            else:
+                late.setdefault(sid, None if value is None else fence_id(value, version))
+
+        def visit(seq: int | None, sid: str, ws: int | None, we: int | None) -> StopVisit:
+            gone, dwell = departed.get(sid, (None, None))
+            return StopVisit(
+                seq, sid, ws, we, arrived.get(sid), gone, dwell, sid in late, late.get(sid)
+            )
+
+        def gps_ms(t: int | None) -> int | None:
+            return None if t is None else to_ms(wire.gps_time(t))
+
+        out = [visit(s.seq, s.id, gps_ms(s.window_start), gps_ms(s.window_end)) for s in plan]
+        planned = {s.id for s in plan}
+        out += [visit(None, sid, None, None) for sid in order if sid not in planned]
+        return StopsDay(device_id, since_ms, until_ms, plan_version, tuple(versions), out, unmapped)
 
     def remove_route(self, device_id: int) -> StoredRoute | None:
         """Stop serving the device's route; it stays in the history. The removed one."""
