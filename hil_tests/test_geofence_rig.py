@@ -10,6 +10,7 @@ again, as machine.soft_reset() does on a van), then decides events fix by fix.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
@@ -126,3 +127,45 @@ def test_a_van_rebooted_mid_round_repeats_no_event_and_misses_no_stop(van, gatew
     assert [e["type"] for e in before + after].count(STARTED) == 1
     got, _ = stored(gateway.db, cfg["device_id"])
     assert len(got) == len(before) + len(after)
+
+
+def test_a_route_replaced_mid_round_keeps_the_stops_already_served(van, gateway, tmp_path):
+    cfg = gateway.van_config("van-r")
+    load_route(gateway, "van-r")
+    sim = ["--seed", "7", "--start", START]
+    first = van("urban-round", config=cfg, echo=False, sim_args=[*sim, "--duration", "900"])
+    lines1 = list(first.console())
+    assert first.wait(120) == 0, lines1[-10:]
+    # The office replans: the same stops in the opposite order (every stop gets another
+    # fence number) and the zones dropped. The van fetches version 2 when it next boots.
+    plan = json.loads(STOPS.read_text())
+    feats = [f for f in plan["features"] if f["properties"].get("role") != "zone"]
+    stops = [f for f in feats if f["properties"].get("role") is None]
+    for f in stops:
+        f["properties"]["seq"] = len(stops) + 1 - f["properties"]["seq"]
+    replanned = tmp_path / "replanned.geojson"
+    replanned.write_text(json.dumps({**plan, "features": feats}))
+    db = ["--db", str(gateway.db)]
+    proc = subprocess.run([*rig.CLI, "route", "load", "van-r", str(replanned), *db],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    second = rig.SimVan(rig.sample_route("urban-round"), first.flash_dir, config=cfg,
+                        echo=False, sim_args=sim)  # fmt: skip
+    with second:
+        lines2 = list(second.console())
+        assert second.wait(120) == 0, lines2[-10:]
+    assert second.restarts == 1  # fetched version 2 at boot, restarted to build it
+    assert "I route loaded version=2 stops=11 fences=12" in lines2
+    # Stop ids, as the gateway maps each event's fence number through its own version.
+    proc = subprocess.run([*rig.CLI, "events", "--device", "van-r", "--json", *db],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    events = [json.loads(ln) for ln in proc.stdout.splitlines()]
+    arrived = [(e["route_version"], e["fence_id"]) for e in events if e["event"] == "arrived"]
+    before = {stop for version, stop in arrived if version == 1}
+    after = [stop for version, stop in arrived if version == 2]
+    assert 1 <= len(before) < 11
+    # What was served under version 1 is not served again; everything else is, once.
+    assert sorted(after) == sorted({f["properties"]["stop_id"] for f in stops} - before), (
+        before,
+        after,
+    )
