@@ -169,3 +169,27 @@ def test_a_route_replaced_mid_round_keeps_the_stops_already_served(van, gateway,
         before,
         after,
     )
+
+
+def test_a_route_loaded_while_the_van_drives_reaches_it_through_the_ack(van, gateway):
+    # No route at boot: the van tracks and reports. Then the office loads one; the next
+    # ack names version 1, the van fetches it, restarts to build its fences and serves
+    # the stops still ahead of it.
+    cfg = gateway.van_config("van-s")
+    v = van("urban-round", config=cfg, echo=False, speedup=60,
+            sim_args=["--seed", "8", "--start", START, "--duration", "1200"])  # fmt: skip
+    lines: list[str] = []
+    for line in v.console():
+        lines.append(line)
+        if line.startswith("I gps stats") and "# route loaded" not in lines:
+            load_route(gateway, "van-s")  # after the first minute of driving
+            lines.append("# route loaded")
+    assert v.wait(120) == 0, lines[-10:]
+    loaded_at = lines.index("# route loaded")
+    assert "I route fetched" in lines[loaded_at:]
+    assert v.restarts == 1
+    assert "I route loaded version=1 stops=11 fences=14" in lines[loaded_at:]
+    events = console_events(lines)
+    assert [e["type"] for e in events].count(ARRIVED) >= 3
+    got, _ = stored(gateway.db, cfg["device_id"])
+    assert [(e["type"], e["n"]) for e in got] == [(e["type"], e["n"]) for e in events]
