@@ -120,6 +120,19 @@ class _Resource(aiocoap.resource.Resource):
         resp.opt.max_age = self.cfg.max_age_s
         return resp
 
+    async def _device_key(self, request: aiocoap.Message, device: int) -> bytes | aiocoap.Message:
+        """The device's key, or the answer to send: 5.03 (store down), 4.01 (unknown)."""
+        try:
+            key = await self.writer.device_key(device)
+        except StoreError as e:
+            return self._unavailable(request, device, str(e))
+        if key is None:
+            return self._reject(
+                request, aiocoap.UNAUTHORIZED, "unknown_device", "not registered", device,
+                diag="unknown device",
+            )  # fmt: skip
+        return key
+
     async def render(self, request: aiocoap.Message) -> aiocoap.Message:
         try:
             return await self._render(request)
@@ -175,15 +188,9 @@ class ReportResource(_Resource):
         except wire.WireError as e:
             return self._reject(request, code.BAD_REQUEST, e.reason, e.detail)
         device = report.device_id
-        try:
-            key = await self.writer.device_key(device)
-        except StoreError as e:
-            return self._unavailable(request, device, str(e))
-        if key is None:
-            return self._reject(
-                request, code.UNAUTHORIZED, "unknown_device", "not registered", device,
-                diag="unknown device",
-            )  # fmt: skip
+        key = await self._device_key(request, device)
+        if isinstance(key, aiocoap.Message):
+            return key
         if not wire.verify(report, key):
             return self._reject(
                 request, code.UNAUTHORIZED, "bad_mac", "MAC does not verify", device,
@@ -257,15 +264,9 @@ class RouteResource(_Resource):
         if isinstance(query, str):
             return self._reject(request, code.BAD_REQUEST, "query", query)
         device, mac = query
-        try:
-            key = await self.writer.device_key(device)
-        except StoreError as e:
-            return self._unavailable(request, device, str(e))
-        if key is None:
-            return self._reject(
-                request, code.UNAUTHORIZED, "unknown_device", "not registered", device,
-                diag="unknown device",
-            )  # fmt: skip
+        key = await self._device_key(request, device)
+        if isinstance(key, aiocoap.Message):
+            return key
         if mac is None or not hmac.compare_digest(mac, route.request_mac(key, device)):
             detail = "no m=<mac>" if mac is None else "MAC does not verify"
             return self._reject(

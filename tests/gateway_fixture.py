@@ -17,9 +17,10 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiocoap
 
@@ -32,6 +33,24 @@ __all__ = ["free_udp_port", "stop_process"]
 CLI = [sys.executable, "-m", "vantrack.tools.cli"]
 START_TIMEOUT_S = 20.0
 T0 = 800_000_000  # GPS seconds: 2025-05-08
+
+
+T = TypeVar("T")
+
+
+class Client:
+    """An aiocoap client context on its own event loop, usable from sync tests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.ctx = self.run(aiocoap.Context.create_client_context())
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.run(self.ctx.shutdown())
+        self.loop.close()
 
 
 def vantrack(*args: str, cwd: Path | None = None, stdin: bytes | None = None,

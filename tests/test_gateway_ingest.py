@@ -7,19 +7,19 @@ diagnostic, its counter, and that the next good report is still stored.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiocoap
 import cbor2
 import pytest
 from gateway_fixture import (
     T0,
+    Client,
     Device,
     Gateway,
     add_device,
@@ -31,23 +31,6 @@ from gateway_fixture import (
 )
 
 from vantrack.gateway import wire
-
-T = TypeVar("T")
-
-
-class Client:
-    """An aiocoap client context on its own event loop, usable from sync tests."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.ctx = self.run(aiocoap.Context.create_client_context())
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coro)
-
-    def close(self) -> None:
-        self.run(self.ctx.shutdown())
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")

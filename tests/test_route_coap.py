@@ -18,19 +18,19 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiocoap
 import cbor2
+import gateway_fixture
 import pytest
 from gateway_fixture import Device, Gateway, add_device, report, running_gateway, vantrack
 
 from vantrack.gateway import route
 
-T = TypeVar("T")
 DATA = Path(__file__).resolve().parent / "data" / "routes"
 VALID = DATA / "valid.geojson"
 
@@ -38,20 +38,7 @@ VALID = DATA / "valid.geojson"
 ETAG, URI_PATH, CONTENT_FORMAT, URI_QUERY, ACCEPT, BLOCK2, SIZE2 = 4, 11, 12, 15, 17, 23, 28
 
 
-class Client:
-    """An aiocoap client context on its own event loop, usable from sync tests."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.ctx = self.run(aiocoap.Context.create_client_context())
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coro)
-
-    def close(self) -> None:
-        self.run(self.ctx.shutdown())
-        self.loop.close()
-
+class Client(gateway_fixture.Client):
     def get(self, uri: str, *, etags: tuple[bytes, ...] = (), accept: int | None = None,
             method: aiocoap.numbers.codes.Code = aiocoap.GET) -> aiocoap.Message:  # fmt: skip
         msg = aiocoap.Message(code=method, uri=uri)
