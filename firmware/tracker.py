@@ -145,11 +145,19 @@ class Tracker:
         up = self.uplink
         sender = None if up is None else asyncio.create_task(up.run())
         try:
-            await self._read_gps()
-            # The sim board's replay ended, or a restart is due: deliver what is left
-            # first (the queue is in RAM), then stop.
-            if up is not None and not await up.drain(_DRAIN_MS):
+            while True:
+                await self._read_gps()
+                # The sim board's replay ended, or a restart is due: deliver what is left
+                # first (the queue is in RAM), then stop.
+                if up is None or await up.drain(_DRAIN_MS):
+                    return
                 log.warn("uplink", "undelivered", queued=len(up.queue))
+                if not self.restart:
+                    return
+                # A restart now would lose the queue: track on without fences and load
+                # the route at the next boot.
+                log.warn("route", "restart_postponed")
+                self.restart = False
         finally:
             if sender is not None:
                 sender.cancel()
