@@ -52,7 +52,7 @@ class Writer:
     def __init__(self, size):
         self.buf = bytearray(size)
         self.n = 0  # bytes written
-        self._size = size
+        self.size = size
         self._mv = memoryview(self.buf)
 
     def reset(self):
@@ -64,7 +64,7 @@ class Writer:
     def rewind(self, mark):
         # Drop everything written after mark() returned `mark`.
         if mark < 0 or mark > self.n:
-            raise ValueError("bad mark")
+            raise ValueError("mark")  # not one mark() returned
         self.n = mark
 
     def getvalue(self):
@@ -81,32 +81,32 @@ class Writer:
         n = self.n
         m = major << 5
         if value < 24:
-            if n >= self._size:
+            if n >= self.size:
                 raise BufferFull()
             b[n] = m | value
             self.n = n + 1
         elif value < 0x100:
-            if n + 2 > self._size:
+            if n + 2 > self.size:
                 raise BufferFull()
             b[n] = m | 24
             b[n + 1] = value
             self.n = n + 2
         elif value < 0x10000:
-            if n + 3 > self._size:
+            if n + 3 > self.size:
                 raise BufferFull()
             b[n] = m | 25
             b[n + 1] = value >> 8
             b[n + 2] = value & 0xFF
             self.n = n + 3
         elif value < 0x100000000:
-            if n + 5 > self._size:
+            if n + 5 > self.size:
                 raise BufferFull()
             b[n] = m | 26
             # pack_into takes a long int as it is: no shifted copies on the ESP32.
             struct.pack_into(">I", b, n + 1, value)
             self.n = n + 5
         elif value < 0x10000000000000000:
-            if n + 9 > self._size:
+            if n + 9 > self.size:
                 raise BufferFull()
             b[n] = m | 27
             struct.pack_into(">Q", b, n + 1, value)
@@ -136,7 +136,7 @@ class Writer:
         k = len(data)
         n = self.n
         h = _hlen(k)
-        if n + h + k > self._size:
+        if n + h + k > self.size:
             raise BufferFull()
         self.head(major, k)
         n += h
@@ -154,9 +154,9 @@ class Writer:
     def null(self):
         self._byte(_NULL)
 
-    def _byte(self, c):
+    def _byte(self, v):
         n = self.n
-        if n >= self._size:
+        if n >= self.size:
             raise BufferFull()
-        self.buf[n] = c
+        self.buf[n] = v
         self.n = n + 1

@@ -83,7 +83,7 @@ class Writer(cbor.Writer):
         # are. `data` must not be a view of this Writer's own buffer.
         k = len(data)
         n = self.n
-        if n + k > self._size:
+        if n + k > self.size:
             raise BufferFull()
         self.buf[n : n + k] = data
         self.n = n + k
@@ -144,19 +144,19 @@ class Writer(cbor.Writer):
         if double:
             # Single: exponent -126..127 normal, down to -149 subnormal, 23 fraction bits.
             if -149 <= e <= 127 and tz >= (29 if e >= -126 else 29 - 126 - e):
-                if n + 5 > self._size:
+                if n + 5 > self.size:
                     raise BufferFull()
                 self.buf[n] = _F32
                 struct.pack_into(">f", self.buf, n + 1, f)  # exact: no rounding
                 self.n = n + 5
                 return
-            if n + 9 > self._size:
+            if n + 9 > self.size:
                 raise BufferFull()
             self.buf[n] = _F64
             self.buf[n + 1 : n + 9] = s
             self.n = n + 9
         else:
-            if n + 5 > self._size:
+            if n + 5 > self.size:
                 raise BufferFull()
             self.buf[n] = _F32
             self.buf[n + 1 : n + 5] = self._f4
@@ -164,7 +164,7 @@ class Writer(cbor.Writer):
 
     def _half(self, h):
         n = self.n
-        if n + 3 > self._size:
+        if n + 3 > self.size:
             raise BufferFull()
         b = self.buf
         b[n] = _F16

@@ -27,27 +27,27 @@ class Reader:
     # floats: the route has none). Raises ValueError on anything else or a short file.
     def __init__(self, f):
         self.f = f
-        self._b = bytearray(8)
+        self.buf = bytearray(8)
 
-    def _read(self, n):
-        mv = memoryview(self._b)[:n]
+    def read(self, n):
+        mv = memoryview(self.buf)[:n]
         if self.f.readinto(mv) != n:
             raise ValueError("route file cut short")
         return mv
 
     def head(self):
-        ib = self._read(1)[0]
+        ib = self.read(1)[0]
         ai = ib & 31
         if ai < 24:
             return ib >> 5, ai
         if ai > 27:
             raise ValueError("route: unsupported CBOR item %d" % ib)
         v = 0
-        for c in self._read(1 << (ai - 24)):
+        for c in self.read(1 << (ai - 24)):
             v = v << 8 | c
         return ib >> 5, v
 
-    def item(self):
+    def value(self):
         major, v = self.head()
         if major == 0:
             return v
@@ -59,12 +59,12 @@ class Reader:
                 raise ValueError("route file cut short")
             return s.decode() if major == 3 else s
         if major == 4:
-            return [self.item() for _ in range(v)]
+            return [self.value() for _ in range(v)]
         if major == 5:
             d = {}
             for _ in range(v):
-                k = self.item()
-                d[k] = self.item()
+                k = self.value()
+                d[k] = self.value()
             return d
         if major == 7 and 20 <= v <= 22:
             return (False, True, None)[v - 20]
@@ -84,68 +84,80 @@ class Reader:
         h = 0  # rotate-xor over the id's bytes, read a few at a time: no string kept
         while ln:
             k = min(ln, 8)
-            for c in self._read(k):
+            for c in self.read(k):
                 h = ((h & 0x1FFFFFF) << 5) ^ (h >> 25) ^ c
             ln -= k
-        out = [h, self.item(), self.item(), self.item(), self.item()]
+        out = [h, self.value(), self.value(), self.value(), self.value()]
         for _ in range(n - 5):
-            self.item()
+            self.value()
         return out
 
 
 class Fences:
     # The stops or the zones: a sequence decoded from the file while iterated. Its
     # length is read with its array header, when it is first asked for; iterate the
-    # stops to the end before the zones. ids: an array the id hashes are appended to.
-    def __init__(self, reader, ids):
-        self._r = reader
-        self._n = -1
-        self._ids = ids
+    # stops to the end before the zones. index: an array the id hashes are appended to.
+    def __init__(self, src, index):
+        self.src = src
+        self.n = -1
+        self.index = index
 
     def __len__(self):
-        if self._n < 0:
-            major, self._n = self._r.head()
+        if self.n < 0:
+            major, self.n = self.src.head()
             if major != 4:
                 raise ValueError("route: fences must be an array")
-        return self._n
+        return self.n
 
     def __iter__(self):
         for _ in range(len(self)):
-            f = self._r.fence()
-            if self._ids is not None:
-                self._ids.append(f[0])
+            f = self.src.fence()
+            if self.index is not None:
+                self.index.append(f[0])
             yield f
 
 
-def open_route(f, ids=None):
+def open_route(f, index=None):
     # [format, version, params, depot, stops, zones] read from the open file f; the
-    # stops and zones are Fences (read on iteration). With ids (an array('i')), the id
+    # stops and zones are Fences (read on iteration). With index (an array('i')), the id
     # hash of every fence is appended to it as the fences are read, by fence number
     # (0 for a route without a depot). Raises ValueError.
     r = Reader(f)
     major, n = r.head()
     if major != 4 or n < 6:
         raise ValueError("route: not a route array")
-    fmt = r.item()
+    fmt = r.value()
     if fmt != _FORMAT:
         raise ValueError("route: format %r, this firmware reads %d" % (fmt, _FORMAT))
-    version = r.item()
-    params = r.item()
+    version = r.value()
+    params = r.value()
     if not isinstance(params, dict):
         raise ValueError("route: params must be a map")
     depot = r.fence()
-    if ids is not None:
-        ids.append(0 if depot is None else depot[0])
-    return [fmt, version, params, depot, Fences(r, ids), Fences(r, ids)]
+    if index is not None:
+        index.append(0 if depot is None else depot[0])
+    return [fmt, version, params, depot, Fences(r, index), Fences(r, index)]
 
 
-def load(path, emit):
+def file_etag(path):
+    # The route file's ETag as the gateway computes it: sha256 of the route, 8 bytes.
+    h = hashlib.sha256()
+    buf = bytearray(128)
+    with open(path, "rb") as f:
+        n = f.readinto(buf)
+        while n:
+            h.update(memoryview(buf)[:n])
+            n = f.readinto(buf)
+    return h.digest()[:8]
+
+
+def load(path, cb):
     # The geofence for the route file at path: (geofence, version, fence id hashes by
     # number, ETag, number of stops), or None without a route file. Its progress comes
     # from the state file the tracker keeps (Tracker._save: ETag, id hashes, state): as
     # it is if that belongs to this very route (a reboot), else stop by stop, matched by
     # id hash, from the route it replaces.
-    # Raises ValueError, OSError.
+    # cb: the geofence's emit callback. Raises ValueError, OSError.
     try:
         f = open(path, "rb")
     except OSError:
@@ -155,18 +167,11 @@ def load(path, emit):
     import fence
 
     ids = array("i")
-    h = hashlib.sha256()
     with f:
         r = open_route(f, ids)
-        g = fence.Geofence(r, emit)
+        g = fence.Geofence(r, cb)
         stops = len(r[4])
-        f.seek(0)
-        buf = bytearray(128)
-        n = f.readinto(buf)
-        while n:
-            h.update(memoryview(buf)[:n])
-            n = f.readinto(buf)
-    etag = h.digest()[:8]  # as the gateway's ETag: sha256 of the route, first 8 bytes
+    etag = file_etag(path)
     try:
         with open(path + ".state", "rb") as f:
             b = f.read()

@@ -22,7 +22,7 @@ VERSION = "0.1.0"
 _STATS_EVERY_S = const(60)
 # When a replay ends (sim board), how long to wait for the last reports to be delivered.
 _DRAIN_MS = const(30000)
-_READ_CHUNK = const(256)  # GPS bytes per read
+_READ_CHUNK = const(128)  # GPS bytes per read: ~1/8 s of NMEA at 9600 baud
 
 
 class Tracker:
@@ -58,8 +58,14 @@ class Tracker:
 
             got = routefile.load(self._path, self._event)
         except MemoryError:
-            if boot:  # the heap will never be emptier than now: no fences, say so
+            if boot:
+                # The heap will never be emptier than now: no fences, and say so. The
+                # uplink still gets the file's ETag, so it fetches only a new route.
                 log.error("route", "too_large_for_heap")
+                try:
+                    self._etag = routefile.file_etag(self._path)
+                except Exception:
+                    pass
             else:
                 log.warn("route", "restart_to_load")
                 self.restart = True
@@ -80,21 +86,32 @@ class Tracker:
     def _save(self):
         # The route's progress next to it, replaced atomically: its ETag (8 bytes), the
         # number of fences (2, little endian) and their id hashes (4 each: so a route
-        # replacing this one takes over stop by stop), then Geofence.state().
+        # replacing this one takes over stop by stop), then Geofence.state(). Best
+        # effort: a full or failing flash is logged, and the van goes on.
         tmp = self._path + ".state.tmp"
         ids = self._ids
-        with open(tmp, "wb") as f:
-            f.write(self._etag)
-            f.write(bytes((len(ids) & 255, len(ids) >> 8)))  # type: ignore[arg-type]
-            f.write(ids)
-            f.write(self.geo.state())  # type: ignore[union-attr]
-        os.rename(tmp, self._path + ".state")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(self._etag)
+                f.write(bytes((len(ids) & 255, len(ids) >> 8)))  # type: ignore[arg-type]
+                f.write(ids)
+                f.write(self.geo.state())  # type: ignore[union-attr]
+            os.rename(tmp, self._path + ".state")
+        except (OSError, MemoryError) as e:
+            log.error("route", "state_not_saved", error=repr(e))
 
     def _event(self, etype, no, fix, extra):
-        # Called by the geofence within check(fix), right after the fix's position.
+        # Called by the geofence within check(fix), right after the fix's position. The
+        # engine has moved on already: the record must be made now (one retry after a
+        # collection if the heap is short).
         self.events += 1
-        if self.uplink is not None:
-            self.uplink.add(fix, etype, no, extra, self.route)
+        up = self.uplink
+        if up is not None:
+            try:
+                up.add(fix, etype, no, extra, self.route)
+            except MemoryError:
+                gc.collect()
+                up.add(fix, etype, no, extra, self.route)
         log.info("fence", "event", type=etype, n=no, x=extra, t=fix.t)
         self._save()
 
@@ -111,7 +128,9 @@ class Tracker:
                     self.geo.check(fix)
         self.board.led(fix.valid)
         if self.echo:
-            self._echo(fix)
+            # print() writes each value as it goes: no line-sized string per fix.
+            print("F", fix.t, fix.ms, fix.lat, fix.lon, fix.speed, fix.course, fix.alt,
+                  fix.quality, fix.mode, fix.sats, fix.hdop, 1 if fix.valid else 0)  # fmt: skip
         t = fix.t
         if t is not None:
             if self._stats_t is None:
@@ -119,11 +138,6 @@ class Tracker:
             elif t - self._stats_t >= _STATS_EVERY_S:
                 self._stats_t = t
                 self.log_stats()
-
-    def _echo(self, fix):
-        # print() writes each value as it goes: no line-sized string per fix.
-        print("F", fix.t, fix.ms, fix.lat, fix.lon, fix.speed, fix.course, fix.alt,
-              fix.quality, fix.mode, fix.sats, fix.hdop, 1 if fix.valid else 0)  # fmt: skip
 
     def log_stats(self):
         p = self.parser
@@ -191,11 +205,15 @@ class Tracker:
             if n:
                 try:
                     parser.feed(buf, n)
-                except MemoryError:
-                    # Whatever ran out of heap in a fix's handling (a log line, a report),
-                    # the van keeps reading its GPS: this chunk's fix may be lost, not the van.
+                except Exception as e:
+                    # Whatever failed in a fix's handling (the heap for a log line or a
+                    # report, the flash for a sequence block), the van keeps reading its
+                    # GPS: this chunk's fix may be lost, not the van. Logged at the 1st,
+                    # 2nd, 4th, 8th... time.
                     oom += 1
                     gc.collect()
+                    if not oom & (oom - 1):
+                        log.error("gps", "fix_failed", error=repr(e), n=oom)
                 if self.restart:
                     return  # stop deciding records: run() delivers them, main() restarts
                 if gate is not None and gate.blocked:
@@ -203,8 +221,10 @@ class Tracker:
                 continue
             if exits:
                 parser.flush()
-                log.info("gps", "end_of_stream", out_of_memory=oom)
+                log.info("gps", "end_of_stream", fix_failures=oom)
                 return
+            if self.restart:
+                return  # a silent GPS must not hold a restart back
             # No data: a silent receiver. Don't spin; the next byte wakes us normally.
             await asyncio.sleep_ms(100)
 
@@ -250,6 +270,9 @@ def main(board):
     # The route first, while the heap is at its emptiest, then the uplink.
     t = Tracker(board, cfg)
     up = t.uplink = _uplink(cfg, board.flash_dir)
+    # The configuration has been read into the objects that use it: let it go.
+    board.cfg = cfg = info = None
+    gc.collect()
     if up is not None:
         up.on_route = t.load_route
         up.route_etag = t._etag

@@ -31,7 +31,7 @@ import report
 from micropython import const
 
 _PATH = coapmsg.path("/r")
-_QUEUE_MAX = const(4)
+_QUEUE_MAX = const(3)
 _IDLE_SEAL_MS = const(5000)  # seal a half-full report when the GPS went quiet this long
 _RETRY_MS = const(5000)  # first wait after a failed delivery; doubles up to _RETRY_MAX_MS
 _RETRY_MAX_MS = const(300000)
@@ -47,8 +47,8 @@ _SZX = const(4)  # 256-byte blocks: a block and its header fit the client's rx b
 _RT = coapmsg.path("/rt")
 
 
-def _code(res):
-    return "-" if res.code is None else coapmsg.code_str(res.code)
+def _code(r):
+    return "-" if r.code is None else coapmsg.code_str(r.code)
 
 
 def _ack_route(p):
@@ -59,6 +59,8 @@ def _ack_route(p):
         i = 1
         for _ in range(p[0] & 31):
             ai = p[i + 1] & 31
+            if p[i] > 23 or p[i + 1] >> 5 or ai > 27:
+                return None  # not a small uint key with a uint value: not ours to read
             n = 0 if ai < 24 else 1 << (ai - 24)
             v = ai
             if n:
@@ -91,7 +93,7 @@ class SeqNo:
             # Unreadable counter (it is never half-written, see take()): don't guess low,
             # jump far ahead so no number already used can come back.
             log.error("seq", "corrupt_counter", path=self._path)
-            nxt = 1 << 30
+            nxt = 1 << 29  # still a small int on the ESP32
         self._next = nxt
         self._limit = nxt  # nothing reserved yet: the first take() reserves
 
@@ -99,17 +101,15 @@ class SeqNo:
         # The first of n consecutive fresh numbers; reserves a new block on flash first
         # when the current one cannot hold them.
         if self._next + n > self._limit:
-            self._limit = self._next + max(self._block, n)
+            limit = self._next + max(self._block, n)
             tmp = self._path + ".tmp"
             with open(tmp, "w") as f:
-                f.write(str(self._limit))
+                f.write(str(limit))
             os.rename(tmp, self._path)
+            self._limit = limit  # only once flash holds it
         first = self._next
         self._next += n
         return first
-
-    def peek(self):
-        return self._next
 
 
 class Uplink:
@@ -126,7 +126,7 @@ class Uplink:
         self.blocked = False
         self.records = 0
         self.acked = 0  # records the gateway acknowledged
-        self.reports_acked = 0
+        self.reports = 0  # reports the gateway acknowledged
         self.dropped = 0  # records in reports the gateway refused for good
         self.failures = 0
         self._last_fix = time.ticks_ms()
@@ -142,18 +142,21 @@ class Uplink:
     # ---- building (called from the GPS task, synchronously) ---------------------------
     def add(self, fix, etype=0, fence=None, extra=None, route=None):
         # The record of a valid fix: its position (etype 0), or an event decided on it.
+        # Its number is taken first (a flash write once per block, which may fail before
+        # anything is written): the open report's records are always consecutive.
         b = self.batch
         self._last_fix = time.ticks_ms()
+        seq = self.seq.take()
         for _ in range(2):
             if b.count == 0:
-                b.start(self.seq.peek(), fix.t)
+                b.start(seq, fix.t)
             if b.add_event(etype, fix, fence, extra, route) if etype else b.add_position(fix):
-                self.seq.take()
                 self.records += 1
                 if b.full() or fix.t - b.t0 >= self.max_age:
                     self._seal()
                 return
             self._seal()  # full, or the fix lies before its last record: a new report
+        log.error("uplink", "unrecorded", seq=seq, type=etype)  # a gap, never a repeat
 
     def _seal(self):
         b = self.batch
@@ -169,54 +172,67 @@ class Uplink:
     # ---- delivering (its own task) ------------------------------------------------------
     async def run(self):
         # Delivers the queue, oldest first; a second task seals a report the GPS left open.
+        # Nothing may end this task (the GPS reader would wait on a full queue for ever):
+        # whatever fails in one round (the heap, the flash) is counted, and it goes on.
         idle = asyncio.create_task(self._idle())
         delay = _RETRY_MS
         try:
             while True:
-                if self.route_wanted and self.on_route:
-                    await self._fetch_route()
-                if not self.queue:
-                    self.ready.clear()
-                    await self.ready.wait()
-                    continue
-                payload, first, count = self.queue[0]
                 try:
-                    res = await self.client.post(_PATH, payload)
-                except MemoryError:
-                    # The report stays queued; try again once the heap has recovered.
+                    delay = await self._deliver(delay)
+                except Exception as e:
                     self.failures += 1
                     gc.collect()
+                    try:
+                        log.error("uplink", "round_failed", error=repr(e))
+                    except MemoryError:
+                        pass
                     await asyncio.sleep_ms(_RETRY_MS)
-                    continue
-                d = res.decision
-                if d == coapmsg.DONE or d == coapmsg.DROP:
-                    self.queue.pop(0)
-                    if self.blocked and len(self.queue) < _QUEUE_MAX:
-                        self.blocked = False
-                        self.space.set()
-                    delay = _RETRY_MS
-                    if d == coapmsg.DONE:
-                        self.acked += count
-                        self.reports_acked += 1
-                        v = _ack_route(res.payload)
-                        if v is not None and v != self.route_version:
-                            self.route_wanted = v
-                    else:
-                        self.dropped += count
-                        log.error("uplink", "refused", code=_code(res), seq=first, n=count,
-                                  diag=bytes(res.payload).decode())  # fmt: skip
-                    continue
-                self.failures += 1
-                if d == coapmsg.BACKOFF:
-                    wait = _BACKOFF_MS
-                else:
-                    wait = res.retry_after * 1000 if res.retry_after else delay
-                    delay = min(delay * 2, _RETRY_MAX_MS)
-                log.warn("uplink", d, code=_code(res), reason=res.reason or "-", seq=first,
-                         wait_ms=wait)  # fmt: skip
-                await asyncio.sleep_ms(wait)
         finally:
             idle.cancel()
+
+    async def _deliver(self, delay):
+        # One round: the route if one is wanted, else the oldest report (or a wait for
+        # one). Returns the next retry delay.
+        if self.route_wanted and self.on_route:
+            await self._fetch_route()
+        if not self.queue:
+            self.ready.clear()
+            await self.ready.wait()
+            return delay
+        payload, first, count = self.queue[0]
+        res = await self.client.post(_PATH, payload)
+        d = res.decision
+        if d == coapmsg.DONE or d == coapmsg.DROP:
+            self.queue.pop(0)
+            if self.blocked and len(self.queue) < _QUEUE_MAX:
+                self.blocked = False
+                self.space.set()
+            if d == coapmsg.DONE:
+                self.acked += count
+                self.reports += 1
+                v = _ack_route(res.payload)
+                if v is not None and v != self.route_version:
+                    self.route_wanted = v
+            else:
+                self.dropped += count
+                try:
+                    diag = bytes(res.payload).decode()
+                except UnicodeError:
+                    diag = "-"
+                log.error("uplink", "refused", code=_code(res), seq=first, n=count, diag=diag)
+            return _RETRY_MS
+        self.failures += 1
+        if d == coapmsg.BACKOFF:
+            wait = _BACKOFF_MS
+        else:
+            # Max-Age may say days: the ESP32's ticks wrap at 2**30 ms, so cap it.
+            wait = min(res.retry_after * 1000, _RETRY_MAX_MS) if res.retry_after else delay
+            delay = min(delay * 2, _RETRY_MAX_MS)
+        log.warn("uplink", d, code=_code(res), reason=res.reason or "-", seq=first,
+                 wait_ms=wait)  # fmt: skip
+        await asyncio.sleep_ms(wait)
+        return delay
 
     async def _fetch_route(self):
         # One attempt; a failed one is retried when the next ack names a newer version.
@@ -230,10 +246,10 @@ class Uplink:
             log.error("route", "fetch_failed", error=repr(e))
             gc.collect()
             return
+        if res.decision == coapmsg.DONE and want is not True:
+            self.route_version = want  # fetched, or 2.03: that version is the van's
         if changed:
             self.route_etag = coapmsg.opt(res.options, _ETAG)
-            if want is not True:
-                self.route_version = want
             log.info("route", "fetched")
             self.on_route()  # type: ignore[misc]  # run() checked it is set
         elif res.decision != coapmsg.DONE and res.code != _NOT_FOUND:
@@ -286,7 +302,10 @@ class Uplink:
         while True:
             left = _IDLE_SEAL_MS - time.ticks_diff(time.ticks_ms(), self._last_fix)
             if left <= 0:
-                self._seal()
+                try:
+                    self._seal()
+                except MemoryError:
+                    gc.collect()  # the next fix, or the next round here, seals it
                 left = _IDLE_SEAL_MS
             await asyncio.sleep_ms(left)
 
@@ -299,6 +318,6 @@ class Uplink:
         return not self.queue
 
     def stats(self):
-        return {"records": self.records, "acked": self.acked, "reports": self.reports_acked,
+        return {"records": self.records, "acked": self.acked, "reports": self.reports,
                 "dropped": self.dropped, "failures": self.failures,
                 "queued": len(self.queue)}  # fmt: skip
