@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from vantrack.gateway import cli as gateway_cli
 
-from . import bench, demo, gpssim, nmeadecode
+from . import bench, demo, gpssim, nmeadecode, udprelay
 
 DESCRIPTION = """\
 vantrack: tracking for last-mile delivery vans.
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, gateway_cli, nmeadecode, gpssim, bench):
+    for module in (demo, gateway_cli, nmeadecode, gpssim, bench, udprelay):
         module.register(sub)
     return parser
 
