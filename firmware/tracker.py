@@ -23,6 +23,11 @@ _STATS_EVERY_S = const(60)
 # When a replay ends (sim board), how long to wait for the last reports to be delivered.
 _DRAIN_MS = const(30000)
 _READ_CHUNK = const(128)  # GPS bytes per read: ~1/8 s of NMEA at 9600 baud
+# Heap a booted van keeps free for running (reports in flight, queued reports, the CoAP
+# exchange, log lines): measured on the 64-bit unix port at 64K, a van uses ~6 KB more
+# than it has once booted, and fixes start failing below ~8.5 KB free at boot (a route
+# of ~60 stops there; `vantrack bench memory`).
+_HEAP_RESERVE = const(8704)
 
 
 class Tracker:
@@ -273,6 +278,14 @@ def main(board):
     # The configuration has been read into the objects that use it: let it go.
     board.cfg = cfg = info = None
     gc.collect()
+    fences = 0 if t._ids is None else len(t._ids)
+    if t.geo is not None and gc.mem_free() < _HEAP_RESERVE:
+        # Fences that leave the van too little heap to run would cost fixes (and their
+        # records) to MemoryError all day: track and report without them, and say so.
+        log.error("route", "too_large_for_heap", mem_free=gc.mem_free(), fences=fences)
+        t.geo = None
+        gc.collect()
+    log.info("boot", "ready", mem_free=gc.mem_free(), fences=0 if t.geo is None else fences)
     if up is not None:
         up.on_route = t.load_route
         up.route_etag = t._etag

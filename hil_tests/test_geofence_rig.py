@@ -59,8 +59,8 @@ def gps_ms(t: int) -> int:
     return round(wire.GPS_EPOCH.timestamp() * 1000) + t * 1000
 
 
-def load_route(gateway: rig.GatewayProcess, name: str) -> None:
-    proc = subprocess.run([*rig.CLI, "route", "load", name, str(STOPS), "--db", str(gateway.db)],
+def load_route(gateway: rig.GatewayProcess, name: str, path: Path = STOPS) -> None:
+    proc = subprocess.run([*rig.CLI, "route", "load", name, str(path), "--db", str(gateway.db)],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
 
@@ -193,3 +193,29 @@ def test_a_route_loaded_while_the_van_drives_reaches_it_through_the_ack(van, gat
     assert [e["type"] for e in events].count(ARRIVED) >= 3
     got, _ = stored(gateway.db, cfg["device_id"])
     assert [(e["type"], e["n"]) for e in got] == [(e["type"], e["n"]) for e in events]
+
+
+def test_a_route_too_large_for_the_heap_is_left_out_and_costs_no_fix(van, gateway, tmp_path):
+    # 120 stops (about 2.5 KB of fences on this 64-bit port) leave a 64 KB van too little
+    # heap to run: it says so at boot and tracks and reports without fences, every fix
+    # stored, rather than lose fixes to MemoryError all day.
+    feats = [{"type": "Feature", "properties": {"stop_id": f"S-{i:03d}", "seq": i + 1},
+              "geometry": {"type": "Point", "coordinates": [2.15 + (i // 25) * 0.0017,
+                                                            41.38 + (i % 25) * 0.0013]}}
+             for i in range(120)]  # fmt: skip
+    big = tmp_path / "big.geojson"
+    big.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    cfg = gateway.van_config("van-big")
+    load_route(gateway, "van-big", big)
+    v = van("urban-round", config=cfg, echo=True, sim_args=["--seed", "9", "--start", START,
+                                                             "--duration", "600"])  # fmt: skip
+    lines = list(v.console())
+    assert v.wait(120) == 0, lines[-10:]
+    assert any(ln.startswith("E route too_large_for_heap") for ln in lines), lines[:20]
+    assert not [ln for ln in lines if "fix_failed" in ln or "Error" in ln]
+    assert console_events(lines) == []
+    with sqlite3.connect(gateway.db) as conn:
+        stored_n = conn.execute("SELECT count(*) FROM positions WHERE device_id = ?",
+                                (cfg["device_id"],)).fetchone()[0]  # fmt: skip
+    valid = [f for f in map(rig.parse_fix_line, lines) if f and f["valid"] and f["time"]]
+    assert stored_n == len(valid) > 500
