@@ -10,6 +10,7 @@ is a table by default and JSON lines with --json; times are ISO-8601 UTC.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -389,8 +390,7 @@ def cmd_devices_add(args: argparse.Namespace) -> int:
         return _fail(1, f"bad device name {args.name!r}: letters, digits, . _ - (max 64)")
     if args.device_id is not None and not 0 <= args.device_id <= 0xFFFFFFFF:
         return _fail(1, f"--id {args.device_id}: a device id is 0..4294967295")
-    store = _open(cfg)
-    try:
+    with contextlib.closing(_open(cfg)) as store:
         dev = store.device(args.name)
         if dev is not None:
             if args.device_id is not None and args.device_id != dev.id:
@@ -408,19 +408,14 @@ def cmd_devices_add(args: argparse.Namespace) -> int:
             dev = store.add_device(args.name, secrets.token_bytes(16), args.device_id)
             what = "added device"
         path = write_credentials(cfg.gateway.credentials_dir, dev)
-    finally:
-        store.close()
     print(f"{what} {dev.name} (id {dev.id}); credentials: {path}")
     return 0
 
 
 @_handler
 def cmd_devices_list(args: argparse.Namespace) -> int:
-    store = _open(_config(args))
-    try:
+    with contextlib.closing(_open(_config(args))) as store:
         devices = store.devices()
-    finally:
-        store.close()
     if args.json:
         for d in devices:
             print(
@@ -458,13 +453,10 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
 
 @_handler
 def cmd_devices_remove(args: argparse.Namespace) -> int:
-    store = _open(_config(args))
-    try:
+    with contextlib.closing(_open(_config(args))) as store:
         dev = _resolve(store, args.device)
         counts = {d.id: d for d in store.devices()}[dev.id]
         store.remove_device(dev.id)
-    finally:
-        store.close()
     print(
         f"removed device {dev.name} (id {dev.id}); its reports are refused from now on. "
         f"{counts.positions} positions and {counts.events} events stay in the store."
@@ -514,12 +506,9 @@ def cmd_route_check(args: argparse.Namespace) -> int:
 def cmd_route_load(args: argparse.Namespace) -> int:
     cfg = _config(args)
     loaded = _route_file(args.file)
-    store = _open(cfg)
-    try:
+    with contextlib.closing(_open(cfg)) as store:
         dev = _resolve(store, args.device)
         stored = store.put_route(dev.id, loaded.route.encode, loaded.text)
-    finally:
-        store.close()
     print(
         f"loaded route version {stored.version} for {dev.name} (id {dev.id}): "
         f"{routemod.summary(loaded.route)}; {len(stored.cbor)} bytes of CBOR "
@@ -530,12 +519,9 @@ def cmd_route_load(args: argparse.Namespace) -> int:
 
 @_handler
 def cmd_route_rm(args: argparse.Namespace) -> int:
-    store = _open(_config(args))
-    try:
+    with contextlib.closing(_open(_config(args))) as store:
         dev = _resolve(store, args.device)
         old = store.remove_route(dev.id)
-    finally:
-        store.close()
     if old is None:
         return _fail(1, f"{dev.name} (id {dev.id}) has no route")
     print(f"removed route version {old.version} of {dev.name} (id {dev.id})")
@@ -580,12 +566,9 @@ def _fence_cells(f: routemod.Fence) -> list[str]:
 
 @_handler
 def cmd_route_show(args: argparse.Namespace) -> int:
-    store = _open(_config(args))
-    try:
+    with contextlib.closing(_open(_config(args))) as store:
         dev = _resolve(store, args.device)
         stored = store.route(dev.id)
-    finally:
-        store.close()
     if stored is None:
         return _fail(1, f"{dev.name} (id {dev.id}) has no route (vantrack route load)")
     if args.geojson:
@@ -657,8 +640,7 @@ def _kmh(speed_dms: int | None) -> float | None:
 
 @_handler
 def cmd_positions(args: argparse.Namespace) -> int:
-    store = _open(_config(args))
-    try:
+    with contextlib.closing(_open(_config(args))) as store:
         rows = store.positions(_query(args, store))
         if args.json:
             for r in rows:
@@ -698,8 +680,6 @@ def cmd_positions(args: argparse.Namespace) -> int:
             ),  # fmt: skip
             right={1, 3, 4, 5, 6, 7, 8},
         )
-    finally:
-        store.close()
     return 0
 
 
@@ -756,8 +736,7 @@ class _FenceIds:
 
 @_handler
 def cmd_events(args: argparse.Namespace) -> int:
-    store = _open(_config(args))
-    try:
+    with contextlib.closing(_open(_config(args))) as store:
         rows = store.events(_query(args, store))
         fence_ids = _FenceIds(store)
 
@@ -828,8 +807,6 @@ def cmd_events(args: argparse.Namespace) -> int:
             ),  # fmt: skip
             right={1, 4, 5},
         )
-    finally:
-        store.close()
     return 0
 
 
@@ -897,12 +874,9 @@ def cmd_stops(args: argparse.Namespace) -> int:
     cfg = _config(args)
     tz = _zone(args.tz)
     date, since, until = _day(args.date, tz)
-    store = _open(cfg)
-    try:
+    with contextlib.closing(_open(cfg)) as store:
         dev = _resolve(store, args.device)
         day = store.stops(dev.id, since, until)
-    finally:
-        store.close()
     zone = "UTC" if tz is dt.UTC else args.tz
     if day is None:
         return _fail(
@@ -1016,11 +990,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     for line in describe(report):
         print(line)
     if args.verify:
-        store = _open(_config(args))
-        try:
+        with contextlib.closing(_open(_config(args))) as store:
             key = store.device_key(report.device_id)
-        finally:
-            store.close()
         if key is None:
             return _fail(1, f"mac: device {report.device_id} is not registered")
         if not wire.verify(report, key):
