@@ -11,7 +11,6 @@ again, as machine.soft_reset() does on a van), then decides events fix by fix.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -25,19 +24,11 @@ from vantrack.tools import mpy, rig
 STOPS = mpy.REPO_ROOT / "tools" / "routes" / "urban-round.stops.geojson"
 START = "2026-11-26T08:00:00Z"
 APPROACHING, ARRIVED, DEPARTED, STARTED = 1, 2, 3, 4
-EVENT = re.compile(r"^I fence event (.*)$")
 
 
 def console_events(lines: list[str]) -> list[dict[str, Any]]:
     """The events the van logged (`I fence event t=.. type=.. x=.. n=..`), in order."""
-    out = []
-    for line in lines:
-        m = EVENT.match(line)
-        if m:
-            kv = dict(p.split("=", 1) for p in m.group(1).split())
-            out.append({"t": int(kv["t"]), "type": int(kv["type"]), "n": int(kv["n"]),
-                        "x": None if kv["x"] == "null" else int(kv["x"])})  # fmt: skip
-    return out
+    return [ev for ev in map(rig.parse_event_line, lines) if ev is not None]
 
 
 def stored(db: Path, device: int) -> tuple[list[dict[str, Any]], dict[int, int]]:

@@ -101,14 +101,13 @@ def _load_stops(gateway: rig.GatewayProcess, name: str, route: Path) -> list[str
     return [r.depot.id if r.depot else "-"] + [f.id for f in (*r.stops, *r.zones)]
 
 
-def _fmt_event(name: str, line: str, ids: list[str] | None) -> str:
-    """`I fence event t=.. type=.. x=.. n=..` as a line for people."""
-    kv = dict(p.split("=", 1) for p in line.split()[3:])
-    n = int(kv["n"])
-    etype = int(kv["type"])
-    at = (wire.GPS_EPOCH + dt.timedelta(seconds=int(kv["t"]))).strftime("%H:%M:%SZ")
+def _fmt_event(name: str, ev: dict[str, Any], ids: list[str] | None) -> str:
+    """An event the van logged (rig.parse_event_line) as a line for people."""
+    n = ev["n"]
+    etype = ev["type"]
+    at = (wire.GPS_EPOCH + dt.timedelta(seconds=ev["t"])).strftime("%H:%M:%SZ")
     fence = ids[n] if ids and n < len(ids) else f"#{n}"
-    what = {3: f"  dwell {kv['x']} s", 6: f"  expected #{kv['x']}"}.get(etype, "")
+    what = {3: f"  dwell {ev['x']} s", 6: f"  expected #{ev['x']}"}.get(etype, "")
     return f"{name:<7} {at}  {wire.event_name(etype):<15} {fence}{what}"
 
 
@@ -210,10 +209,11 @@ def run(args: argparse.Namespace) -> int:
                 running -= 1
             elif line:
                 fix = rig.parse_fix_line(line)
+                ev = None if fix else rig.parse_event_line(line)
                 if fix is None:
-                    if line.startswith("I fence event "):
+                    if ev is not None:
                         events[name] += 1
-                        progress.show(_fmt_event(name, line, ids[name]), force=True)
+                        progress.show(_fmt_event(name, ev, ids[name]), force=True)
                         progress.done()
                     elif line.startswith("I ") and " stats " in line:
                         stats[name].append(line)

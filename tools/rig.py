@@ -44,6 +44,17 @@ def sample_route(name: str) -> Path:
     raise FileNotFoundError(f"no route {name!r} (sample routes: {known})")
 
 
+def parse_event_line(line: str) -> dict[str, Any] | None:
+    """Decode a firmware console `I fence event t=.. type=.. x=.. n=..` line, else None:
+    t GPS seconds since 2000, type the wire event type, n the fence number, x the
+    type-specific value or None (firmware/tracker.py Tracker._event)."""
+    if not line.startswith("I fence event "):
+        return None
+    kv = dict(p.split("=", 1) for p in line.split()[3:])
+    return {"t": int(kv["t"]), "type": int(kv["type"]), "n": int(kv["n"]),
+            "x": None if kv["x"] == "null" else int(kv["x"])}  # fmt: skip
+
+
 def parse_fix_line(line: str) -> dict[str, Any] | None:
     """Decode a firmware console `F ...` line (echoed fix) into host units, else None.
 
