@@ -33,6 +33,7 @@ from .store import (
     EXTRA_VALUE,
     Device,
     Query,
+    Reporting,
     StopsDay,
     Store,
     StoreError,
@@ -112,7 +113,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     _config_args(a)
     a.set_defaults(func=cmd_devices_add)
-    ls = dsub.add_parser("list", help="list registered devices", description="List devices.")
+    ls = dsub.add_parser(
+        "list", help="list registered devices, what they sent and what their vans hold",
+        description=DEVICES_LIST_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     _config_args(ls)
     ls.set_defaults(func=cmd_devices_list)
@@ -125,6 +129,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rm.add_argument("device", metavar="NAME|ID")
     _config_args(rm)
     rm.set_defaults(func=cmd_devices_remove)
+    rep = dsub.add_parser(
+        "reporting", help="show or set a van's reporting thresholds (sent in acks)",
+        description=REPORTING_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    rep.add_argument("device", metavar="DEVICE", help="device name or id")
+    for opt in REPORTING_OPTIONS:
+        rep.add_argument(
+            opt.flag, dest=opt.field, metavar=opt.metavar, type=float if opt.scale else int,
+            help=f"{opt.help} ({opt.low}..{opt.high})",
+        )  # fmt: skip
+    rep.add_argument(
+        "--reset", action="store_true",
+        help="remove every override first (the van goes back to its own defaults); "
+        "with value options, only those are set afterwards",
+    )  # fmt: skip
+    rep.add_argument("--json", action="store_true", help="the overrides as one JSON object")
+    _config_args(rep)
+    rep.set_defaults(func=cmd_devices_reporting)
 
     _register_route(sub)
 
@@ -173,6 +195,52 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     _config_args(dec)
     dec.set_defaults(func=cmd_decode)
+
+
+DEVICES_LIST_HELP = """\
+The registered devices: id, name, when registered, last seen (gateway time of the latest
+report stored), last fix (device GPS time of the newest record, the one with the highest
+seq), last seq, positions and events stored, and the van's flash queue as its status
+records (event type 16) tell it: queued, the records the van still holds (what its
+latest status said it held, less the older records received since), and dropped, the
+positions it thinned out of a full queue (summed over its status records). queued and
+dropped are "-" (null in JSON) for a van that never sent a status record.
+"""
+REPORTING_HELP = """\
+A van's reporting thresholds: when it sends a position while moving (at most every
+--period seconds, and when it has moved --distance metres, turned --angle degrees or
+changed speed by --speed-delta km/h) and how often while stopped (--stopped-period).
+Only the values set here are sent, in the answer to each report (keys 2..6 of the ack,
+docs/wire-format.md), so the van applies them on its next report; for the rest it keeps
+its own defaults. With no value option, shows the overrides. --reset removes them all
+(the keys stop being sent; the van goes back to its defaults). Works while the gateway
+runs. Exit code 1 for a value out of range or an unknown device.
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReportingOption:
+    flag: str
+    field: str  # store.Reporting field
+    metavar: str
+    low: int  # range of the value as given (km/h for --speed-delta)
+    high: int
+    help: str
+    scale: float = 0  # given in another unit: stored value = round(given / scale)
+
+
+KMH_PER_DMS = 0.36
+# fmt: off
+REPORTING_OPTIONS = (
+    _ReportingOption("--period", "period_s", "S", 1, 86400, "minimum period while moving, s"),
+    _ReportingOption("--stopped-period", "stopped_period_s", "S", 1, 86400,
+                     "period while stopped, s"),
+    _ReportingOption("--distance", "distance_m", "M", 1, 100000, "distance moved, m"),
+    _ReportingOption("--angle", "angle_deg", "DEG", 1, 180, "heading change, degrees"),
+    _ReportingOption("--speed-delta", "speed_delta_dms", "KMH", 1, 200,
+                     "speed change, km/h, sent as dm/s rounded", KMH_PER_DMS),
+)
+# fmt: on
 
 
 ROUTE_HELP = """\
@@ -425,28 +493,45 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
                         "device_name": d.name,
                         "created": _iso_s(d.created_ms),
                         "last_seen": None if d.last_seen_ms is None else _iso_s(d.last_seen_ms),
+                        "last_fix": None if d.last_fix_ms is None else _iso(d.last_fix_ms),
                         "last_seq": d.last_seq,
                         "positions": d.positions,
                         "events": d.events,
+                        "queued": None if d.queue is None else d.queue.queued,
+                        "dropped": None if d.queue is None else d.queue.dropped,
                     }  # fmt: skip
                 )
             )
         return 0
     _table(
-        ["id", "name", "created", "last seen", "last seq", "positions", "events"],
+        [
+            "id",
+            "name",
+            "created",
+            "last seen",
+            "last fix",
+            "last seq",
+            "positions",
+            "events",
+            "queued",
+            "dropped",
+        ],
         (
             [
                 str(d.id),
                 d.name,
                 _iso_s(d.created_ms),
                 _iso_s(d.last_seen_ms),
+                _iso_s(d.last_fix_ms),
                 "-" if d.last_seq is None else str(d.last_seq),
                 str(d.positions),
                 str(d.events),
+                "-" if d.queue is None else str(d.queue.queued),
+                "-" if d.queue is None else str(d.queue.dropped),
             ]
             for d in devices
         ),  # fmt: skip
-        right={0, 4, 5, 6},
+        right={0, 5, 6, 7, 8, 9},
     )
     return 0
 
@@ -461,6 +546,57 @@ def cmd_devices_remove(args: argparse.Namespace) -> int:
         f"removed device {dev.name} (id {dev.id}); its reports are refused from now on. "
         f"{counts.positions} positions and {counts.events} events stay in the store."
     )
+    return 0
+
+
+def _reporting_values(args: argparse.Namespace) -> Reporting:
+    """The value options given, checked and in the stored units; _Exit(1) naming the option."""
+    values: dict[str, int] = {}
+    for opt in REPORTING_OPTIONS:
+        given = getattr(args, opt.field)
+        if given is None:
+            continue
+        if not opt.low <= given <= opt.high:  # also refuses nan
+            unit = opt.metavar.lower() if opt.metavar != "DEG" else "degrees"
+            raise _Exit(1, f"{opt.flag} {given:g}: must be {opt.low}..{opt.high} {unit}")
+        values[opt.field] = round(given / opt.scale) if opt.scale else given
+    return Reporting(**values)
+
+
+def _reporting_json(r: Reporting) -> dict[str, Any]:
+    out: dict[str, Any] = dict(r.set())
+    if r.speed_delta_dms is not None:
+        out["speed_delta_kmh"] = round(r.speed_delta_dms * KMH_PER_DMS, 2)
+    return out
+
+
+def _reporting_text(r: Reporting) -> str:
+    parts = []
+    for opt in REPORTING_OPTIONS:
+        v = getattr(r, opt.field)
+        if v is None:
+            continue
+        shown = f"{v} dm/s ({v * KMH_PER_DMS:.1f} km/h)" if opt.scale else f"{v}"
+        parts.append(f"{opt.flag.lstrip('-')} {shown}")
+    return ", ".join(parts) if parts else "none (the van's own defaults)"
+
+
+@_handler
+def cmd_devices_reporting(args: argparse.Namespace) -> int:
+    values = _reporting_values(args)
+    with contextlib.closing(_open(_config(args))) as store:
+        dev = _resolve(store, args.device)
+        if values.set() or args.reset:
+            current = store.set_reporting(dev.id, values, reset=args.reset)
+            what = "reporting overrides now"
+        else:
+            current = store.reporting(dev.id)
+            what = "reporting overrides"
+    if args.json:
+        print(json.dumps({"device_id": dev.id, "device_name": dev.name}
+                         | _reporting_json(current)))  # fmt: skip
+    else:
+        print(f"{dev.name} (id {dev.id}) {what}: {_reporting_text(current)}")
     return 0
 
 
@@ -707,6 +843,14 @@ VALUE_NAMES = {
 }
 
 
+# Status records' keys by name (event type 16, docs/wire-format.md).
+STATUS_NAMES = {
+    wire.StatusKey.DROPPED: "dropped",
+    wire.StatusKey.QUEUED: "queued",
+    wire.StatusKey.CAUSE: "cause",
+}
+
+
 class _FenceIds:
     """Fence number -> id through the route version an event names (or, without one,
     the device's current route); versions decoded once per command."""
@@ -752,6 +896,14 @@ def cmd_events(args: argparse.Namespace) -> int:
         def named(r: Any) -> dict[str, Any]:
             x = raw(r)
             out: dict[str, Any] = {"fence_id": fence_id(r), "route_version": x.get(EXTRA_ROUTE)}
+            if r["type"] == wire.EventType.STATUS:
+                for key, field in STATUS_NAMES.items():
+                    if key in x:
+                        out[field] = _jsonable(x[key])
+                cause = x.get(wire.StatusKey.CAUSE)
+                if isinstance(cause, int):
+                    out["cause_name"] = wire.cause_name(cause)
+                return out
             name = VALUE_NAMES.get(r["type"])
             if name is not None and EXTRA_VALUE in x:
                 out[name] = _jsonable(x[EXTRA_VALUE])

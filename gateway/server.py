@@ -4,9 +4,10 @@ Reports, per request (docs/wire-format.md, "Responses"): method and Content-Form
 size, `wire.decode()` (4.00 with a short text/plain diagnostic), device lookup (4.01
 "unknown device"), `wire.verify()` (4.01 "bad mac"), then every record in one SQLite
 transaction through the store's writer thread; only after the commit does the van get
-2.04 with `{0: highest seq stored, 1: route version}` (key 1 when the device has a
-route). A store failure gets 5.03 with Max-Age, so nothing is acknowledged that is not
-on disk.
+2.04 with `{0: highest seq stored, 1: route version, 2..6: reporting overrides}` (key 1
+when the device has a route, keys 2..6 only for the overrides set for it, all read in
+the report's transaction). A store failure gets 5.03 with Max-Age, so nothing is
+acknowledged that is not on disk.
 
 Routes (docs/routes.md): `GET /rt?d=ID&m=MAC` answers the device's route CBOR with its
 ETag (2.03 Valid when the van already holds it), 4.01 for an unknown device or a wrong
@@ -60,6 +61,23 @@ class AckKey(IntEnum):
 
     HIGHEST_SEQ = 0  # highest seq stored for the device
     ROUTE_VERSION = 1  # the device's current route version, when it has a route
+    # Reporting overrides (`vantrack devices reporting`), each only when set for the device;
+    # the van uses its own default for a key that is absent.
+    PERIOD_S = 2  # minimum period while moving, s
+    STOPPED_PERIOD_S = 3  # period while stopped, s
+    DISTANCE_M = 4  # distance, m
+    ANGLE_DEG = 5  # heading change, degrees
+    SPEED_DELTA_DMS = 6  # speed change, dm/s
+
+
+# Reporting override (store.Reporting field) -> ack key.
+REPORTING_KEYS = {
+    "period_s": AckKey.PERIOD_S,
+    "stopped_period_s": AckKey.STOPPED_PERIOD_S,
+    "distance_m": AckKey.DISTANCE_M,
+    "angle_deg": AckKey.ANGLE_DEG,
+    "speed_delta_dms": AckKey.SPEED_DELTA_DMS,
+}
 
 
 log = logging.getLogger("vantrack.gateway.server")
@@ -220,6 +238,8 @@ class ReportResource(_Resource):
             ack[AckKey.HIGHEST_SEQ] = saved.highest_seq
         if saved.route_version is not None:
             ack[AckKey.ROUTE_VERSION] = saved.route_version
+        for name, value in saved.reporting.set().items():
+            ack[REPORTING_KEYS[name]] = value
         resp = aiocoap.Message(code=code.CHANGED, payload=cbor2.dumps(ack, canonical=True))
         resp.opt.content_format = ContentFormat.CBOR
         return resp

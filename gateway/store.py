@@ -29,6 +29,15 @@ even after `route rm`), so a van never mistakes a new route for one it holds.
 `vantrack route load` writes while the gateway runs (WAL, busy timeout); the gateway
 reads the route per request, so the next fetch gets the new one.
 
+Per-device reporting overrides (`vantrack devices reporting`) live in `reporting`, one
+row per device holding only the values an operator set; they are read in the same
+statement as the route version at the end of each report's transaction, so the ack
+carries them with no extra round trip and a change applies to the next report.
+
+The van's queue as the gateway sees it (`Store.queue()`, `vantrack devices list`): the
+status records (event type 16) are found through a partial index on `events`; the
+records delivered after the latest one through indexes on `received_ms`.
+
 `Store.stops()` is the evidence per device and day (`vantrack stops`, docs/routes.md): a
 query function, not an SQL VIEW, because an event's fence number means something only
 through the CBOR of the route version it names (extra key 8), which SQLite cannot
@@ -41,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import sqlite3
 import threading
@@ -58,12 +68,13 @@ from .route import etag as route_etag
 # Type-specific event keys (docs/wire-format.md "7 and up"; firmware/report.py add_event).
 EXTRA_VALUE = 7  # arrived: s inside; departed: dwell s; out_of_sequence: expected stop no.
 EXTRA_ROUTE = 8  # the route version the fence number belongs to
-SCHEMA_VERSION = 2  # 2: routes, route_history
+SCHEMA_VERSION = 3  # 2: routes, route_history; 3: reporting, queue indexes
+STATUS = int(wire.EventType.STATUS)
 MAX_DEVICE_ID = 0xFFFFFFFF
 _INT64 = (-(2**63), 2**63 - 1)
 UNIX_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS devices (
     id           INTEGER PRIMARY KEY,     -- the device id on the wire (report key 1)
     name         TEXT NOT NULL UNIQUE,
@@ -114,6 +125,19 @@ CREATE TABLE IF NOT EXISTS route_history (
     loaded_ms   INTEGER NOT NULL,
     PRIMARY KEY (device_id, version)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reporting (
+    device_id        INTEGER PRIMARY KEY, -- overrides pushed in report acks, NULL: the
+    period_s         INTEGER,             -- van's own default (docs/wire-format.md)
+    stopped_period_s INTEGER,
+    distance_m       INTEGER,
+    angle_deg        INTEGER,
+    speed_delta_dms  INTEGER,             -- decimetres per second
+    updated_ms       INTEGER NOT NULL
+);
+-- The van's queue (Store.queue): its status records, and what arrived after them.
+CREATE INDEX IF NOT EXISTS events_status ON events (device_id, seq) WHERE type = {STATUS};
+CREATE INDEX IF NOT EXISTS positions_received ON positions (device_id, received_ms);
+CREATE INDEX IF NOT EXISTS events_received ON events (device_id, received_ms);
 """
 
 PositionRow = tuple[int, int, int, int, int, int | None, int | None, int | None, int | None, int]
@@ -148,6 +172,17 @@ def _int(name: str, v: int | None) -> int | None:
     if v is not None and not _INT64[0] <= v <= _INT64[1]:
         raise UnstorableReport(f"{name} {v} does not fit 64 bits")
     return v
+
+
+def _uint(extra: bytes | None, key: int) -> int:
+    """A non-negative integer under `key` of a stored extra map; 0 if absent or not one."""
+    if extra is None:
+        return 0
+    try:
+        v = cbor2.loads(extra).get(key)
+    except (cbor2.CBORDecodeError, AttributeError, ValueError):
+        return 0
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
 def report_rows(report: wire.Report, received_ms: int) -> tuple[list[PositionRow], list[EventRow]]:
@@ -185,6 +220,42 @@ class Device:
     last_seq: int | None
     positions: int = 0
     events: int = 0
+    last_fix_ms: int | None = None  # device time of the record with the highest seq
+    queue: Queue | None = None  # None: the van never sent a status record
+
+
+@dataclass(frozen=True)
+class Queue:
+    """The van's flash queue as its status records (event type 16) tell it."""
+
+    status_seq: int  # the latest status record (highest seq)
+    status_received_ms: int
+    reported: int  # records waiting on the van when it wrote that status (key 9)
+    delivered: int  # records older than it received after it
+    dropped: int  # positions thinned out of the queue: key 7 summed over all status records
+
+    @property
+    def queued(self) -> int:
+        """What the van holds now, as far as the gateway can tell."""
+        return max(0, self.reported - self.delivered)
+
+
+@dataclass(frozen=True)
+class Reporting:
+    """A device's reporting overrides; None: the van keeps its own default."""
+
+    period_s: int | None = None  # minimum period while moving
+    stopped_period_s: int | None = None  # period while stopped
+    distance_m: int | None = None
+    angle_deg: int | None = None  # heading change
+    speed_delta_dms: int | None = None  # speed change, decimetres per second
+
+    def set(self) -> dict[str, int]:
+        """The values set, by field name."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+REPORTING_COLUMNS = tuple(f.name for f in dataclasses.fields(Reporting))
 
 
 @dataclass(frozen=True)
@@ -192,6 +263,7 @@ class Saved:
     new_records: int  # records not stored before
     highest_seq: int | None  # highest seq now stored for the device
     route_version: int | None = None  # the device's current route, for the ack
+    reporting: Reporting = Reporting()  # the device's overrides, for the ack
 
 
 @dataclass(frozen=True)
@@ -323,15 +395,90 @@ class Store:
             self.conn.execute("DELETE FROM devices WHERE id = ?", (device_id,))
             self.conn.execute("DELETE FROM routes WHERE device_id = ?", (device_id,))
             self.conn.execute("DELETE FROM route_history WHERE device_id = ?", (device_id,))
+            self.conn.execute("DELETE FROM reporting WHERE device_id = ?", (device_id,))
 
     def devices(self) -> list[Device]:
         rows = self.conn.execute(
             "SELECT d.id, d.name, d.key, d.created_ms, d.last_seen_ms, d.last_seq,"
             " (SELECT count(*) FROM positions p WHERE p.device_id = d.id),"
-            " (SELECT count(*) FROM events e WHERE e.device_id = d.id)"
+            " (SELECT count(*) FROM events e WHERE e.device_id = d.id),"
+            " coalesce((SELECT time_ms FROM positions p WHERE p.device_id = d.id"
+            "  AND p.seq = d.last_seq), (SELECT time_ms FROM events e"
+            "  WHERE e.device_id = d.id AND e.seq = d.last_seq))"
             " FROM devices d ORDER BY d.id"
         ).fetchall()
-        return [Device(*r) for r in rows]
+        return [
+            Device(id_, name, key, created, seen, seq, n_pos, n_ev, fix, self.queue(id_))
+            for id_, name, key, created, seen, seq, n_pos, n_ev, fix in rows
+        ]
+
+    def queue(self, device_id: int) -> Queue | None:
+        """The van's queue from its status records, or None if it never sent one.
+
+        The latest status S (highest seq) said the van held Q = key 9 records older than
+        S; every record older than S that arrived after S was one of them (the van sends
+        its backlog oldest first), so the van holds max(0, Q - those) now. Reads: S and
+        the status records through the partial index `events_status`, the records
+        received after S through the `*_received` indexes (records since S only). The
+        partial index is named: without statistics SQLite would rather walk the primary
+        key through every event of the device."""
+        try:
+            latest = self.conn.execute(
+                f"SELECT seq, received_ms, extra FROM events INDEXED BY events_status"
+                f" WHERE device_id = ? AND type = {STATUS} ORDER BY seq DESC LIMIT 1",
+                (device_id,),
+            ).fetchone()
+            if latest is None:
+                return None
+            seq, received_ms, extra = latest
+            delivered = self.conn.execute(
+                "SELECT (SELECT count(*) FROM positions WHERE device_id = ?1"
+                " AND received_ms > ?2 AND seq < ?3) + (SELECT count(*) FROM events"
+                " WHERE device_id = ?1 AND received_ms > ?2 AND seq < ?3)",
+                (device_id, received_ms, seq),
+            ).fetchone()[0]
+            extras = self.conn.execute(
+                f"SELECT extra FROM events INDEXED BY events_status"
+                f" WHERE device_id = ? AND type = {STATUS}",
+                (device_id,),
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from None
+        dropped = sum(_uint(x, wire.StatusKey.DROPPED) for (x,) in extras)
+        return Queue(seq, received_ms, _uint(extra, wire.StatusKey.QUEUED), delivered, dropped)
+
+    # ---- reporting overrides ---------------------------------------------------------
+    def reporting(self, device_id: int) -> Reporting:
+        try:
+            row = self.conn.execute(
+                f"SELECT {', '.join(REPORTING_COLUMNS)} FROM reporting WHERE device_id = ?",
+                (device_id,),
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from None
+        return Reporting() if row is None else Reporting(*row)
+
+    def set_reporting(self, device_id: int, values: Reporting, *, reset: bool = False) -> Reporting:
+        """Set the values given (others stay as they are, or go with `reset`); the result.
+        Values are checked by the caller (the CLI); the ack sends them as they are."""
+        given = values.set()
+        cols = ", ".join(given)
+        try:
+            with self._transaction():
+                if reset:
+                    self.conn.execute("DELETE FROM reporting WHERE device_id = ?", (device_id,))
+                if given:
+                    self.conn.execute(
+                        f"INSERT INTO reporting (device_id, {cols}, updated_ms)"
+                        f" VALUES (?, {', '.join('?' * len(given))}, ?)"
+                        " ON CONFLICT (device_id) DO UPDATE SET "
+                        + ", ".join(f"{c} = excluded.{c}" for c in (*given, "updated_ms")),
+                        (device_id, *given.values(), now_ms()),
+                    )
+                current = self.reporting(device_id)
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from None
+        return current
 
     # ---- records ---------------------------------------------------------------------
     def save(
@@ -361,12 +508,16 @@ class Store:
                     "UPDATE devices SET last_seen_ms = ?, last_seq = ? WHERE id = ?",
                     (received_ms, highest, device_id),
                 )
-                route = self.conn.execute(
-                    "SELECT version FROM routes WHERE device_id = ?", (device_id,)
+                # What the ack carries besides the seq, in one statement.
+                route, *reporting = self.conn.execute(
+                    "SELECT (SELECT version FROM routes WHERE device_id = ?1), "
+                    + ", ".join(f"r.{c}" for c in REPORTING_COLUMNS)
+                    + " FROM (SELECT 1) LEFT JOIN reporting r ON r.device_id = ?1",
+                    (device_id,),
                 ).fetchone()
         except sqlite3.Error as e:
             raise StoreError(str(e)) from None
-        return Saved(new, highest, None if route is None else route[0])
+        return Saved(new, highest, route, Reporting(*reporting))
 
     # ---- routes ----------------------------------------------------------------------
     def put_route(

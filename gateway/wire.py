@@ -65,6 +65,30 @@ class EventType(IntEnum):
     STATUS = 16
 
 
+class StatusKey(IntEnum):
+    """Type-specific keys of a status event (type 16, docs/wire-format.md)."""
+
+    DROPPED = 7  # positions thinned out of the van's full queue since its previous status
+    QUEUED = 9  # records waiting on the van, unacknowledged, not counting this one
+    CAUSE = 10  # StatusCause
+
+
+class StatusCause(IntEnum):
+    """Why the van wrote a status record (status key 10)."""
+
+    BOOT = 1
+    LINK_BACK = 2  # the gateway answers again after an outage
+    QUEUE_THINNED = 3  # the flash queue was full: positions were dropped
+    BACKLOG_DELIVERED = 4  # the queue is empty again after a backlog
+
+
+def cause_name(code: int) -> str:
+    try:
+        return StatusCause(code).name.lower()
+    except ValueError:
+        return f"cause_{code}"
+
+
 def event_name(code: int) -> str:
     try:
         return EventType(code).name.lower()

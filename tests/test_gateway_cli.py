@@ -96,9 +96,10 @@ def test_devices_list_and_remove_keep_the_positions(tmp_path: Path) -> None:
     s.close()
     table = vantrack("devices", "list", "--db", str(db))
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["id", "name", "created", "last", "seen", "last", "seq",
-                                "positions", "events"]  # fmt: skip
-    assert lines[1].split()[:2] == ["1", "van-1"] and lines[1].split()[-3:] == ["10", "4", "0"]
+    assert lines[0].split() == ["id", "name", "created", "last", "seen", "last", "fix", "last",
+                                "seq", "positions", "events", "queued", "dropped"]  # fmt: skip
+    assert lines[1].split()[:2] == ["1", "van-1"]
+    assert lines[1].split()[-5:] == ["10", "4", "0", "-", "-"]
     js = [
         json.loads(x)
         for x in vantrack("devices", "list", "--json", "--db", str(db)).stdout.splitlines()
