@@ -84,10 +84,10 @@ class Client:
         self._state = _DONE
         self._n = 0
         self._result = None
-        self._ended = asyncio.Event()  # the request in flight has its result
+        self._ended = aio.Flag()  # the request in flight has its result
         # Set while no request is in flight: the others wait on it (an asyncio.Lock
         # would cost the heap its module for what these few lines do).
-        self._free = asyncio.Event()
+        self._free = aio.Flag()
         self._free.set()
         self._recent = [-1] * _RECENT  # MIDs of the last separate responses, oldest first
         self._tx = bytearray(tx_size or rx_size)
@@ -167,9 +167,15 @@ class Client:
                     await asyncio.sleep_ms(50)
             except MemoryError:
                 # A full heap must not end the receive task (every later request would
-                # time out): lose this datagram, let the GC catch up, retransmission
-                # recovers it.
+                # time out), nor leave the datagram in the socket (recv() allocates before
+                # it reads: it would fail on it for ever). Drop it: readinto() into the
+                # 4-byte control buffer takes exactly one datagram (a stream read stops
+                # once the buffer is full), and retransmission brings it again.
                 self.errors += 1
+                try:
+                    self._sock.readinto(self._ctl)  # type: ignore[union-attr]
+                except OSError:
+                    pass
                 await asyncio.sleep_ms(50)
 
     def _finish(self, reason=None, msg=None, separate=False):

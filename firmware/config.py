@@ -13,12 +13,29 @@ DEFAULTS = {
     "device_id": 0,
     "device_name": "",
     "key": "",
-    # The gateway: host name or address, CoAP over UDP.
+    # The gateway: host name or address, CoAP over UDP. The first retransmission of an
+    # unanswered request waits 1-1.5 times the ACK timeout (RFC 7252's default 2 s); raise
+    # it on slow cellular links (NB-IoT), lower it on a LAN.
     "gateway_host": "",
     "gateway_port": 5683,
-    # A report closes at this many records or this many GPS seconds after its first.
+    "coap_ack_timeout_ms": 2000,
+    # What becomes a record (smart reporting, uplink.py): a position when this many GPS
+    # seconds passed since the last one (the longer period while stopped, under 5 km/h),
+    # or the van moved this far, turned this much or changed speed this much. The gateway
+    # can set them per device (`vantrack devices reporting`).
+    "report_period_s": 30,
+    "report_stopped_period_s": 300,
+    "report_distance_m": 300,
+    "report_angle_deg": 15,
+    "report_speed_delta_kmh": 10,
+    # A report holds at most this many records and is sent once a record waited this many
+    # GPS seconds, or at once for an event.
     "report_max_records": 10,
     "report_max_age_s": 10,
+    # The flash queue's bound (queue.py): past it, old positions are thinned out. After
+    # an outage the backlog goes out a report at a time, this many ms apart.
+    "queue_kb": 1024,
+    "backlog_pace_ms": 100,
     # GPS UART: ESP32 UART2 on GPIO16 (RX) / GPIO17 (TX), 9600 baud is the factory
     # setting of u-blox NEO and Quectel L76 modules.
     "gps_uart": 2,

@@ -1,10 +1,11 @@
 # Report builder: the van's side of the wire format (docs/wire-format.md, gateway/wire.cddl).
 #
-# Records (positions now, events later) are appended to a preallocated CBOR buffer as they
-# are decided, delta-encoded against the previous position; `seal()` wraps them into one
-# report map (version, device, seq, t0, records) and closes it with the HMAC-SHA256/64
-# over every byte before the MAC entry. Appending a position allocates nothing.
-# It does not decide when to send or keep reports across reboots (uplink/queue do).
+# Records (positions, events, status) are read from the flash queue and appended to a
+# preallocated CBOR buffer, positions delta-encoded against the previous position;
+# `seal()` wraps them into one report map (version, device, seq, t0, records) and closes
+# it with the HMAC-SHA256/64 over every byte before the MAC entry. The report's buffer is
+# allocated once. It does not decide what to record or when to send (uplink.py), nor
+# keep records (queue.py).
 import hashlib
 
 import cbor
@@ -18,6 +19,25 @@ _K_T0 = const(3)
 _K_RECORDS = const(4)
 _K_MAC = const(5)
 _MAC_LEN = const(8)
+_MAC_ENTRY = const(10)  # key 5 and the 8 bytes of the MAC
+_STATUS = const(16)  # event type of a status record
+# A record as queue.Queue.record() gives it (the flash layout lives in queue.py).
+_T = const(1)
+_LAT = const(2)
+_LON = const(3)
+_SPEED = const(4)
+_COURSE = const(5)
+_HDOP = const(6)
+_SATS = const(7)
+_FLAGS = const(8)
+_ETYPE = const(9)
+_FENCE = const(10)
+_EXTRA = const(11)
+_ROUTE = const(12)
+_NONE = const(0xFFFF)
+_HAS_X = const(16)
+_HAS_F = const(32)
+_HAS_R = const(64)
 
 # A position is at most 1 + 1+5 + 5 + 5 + 3 + 3 + 3 + 2 = 28 bytes (first of a report,
 # full-size deltas); one CoAP datagram keeps well under 1024 bytes with 30 of them.
@@ -86,86 +106,71 @@ class Batch:
     def full(self):
         return self.count >= self.max_records
 
-    def add_position(self, fix):
-        # Append a valid fix (see nmea.Fix). Returns False, changing nothing, if the
-        # report is full or the fix lies before the last record (the caller seals and
-        # starts a new report).
+    def add(self, r):
+        # Append a record as the flash queue holds it (queue.Queue.record(): a tuple in
+        # wire units). Returns False, changing nothing, if the report is full, the record
+        # does not fit or it lies before the last record (the caller sends what it has).
+        # Positions are delta-encoded against the previous position; events carry their
+        # absolute position and leave that chain alone.
         if self.count >= self.max_records:
             return False
-        ds = (fix.t - self.t0) * 10 + fix.ms // 100
+        fl = r[_FLAGS]
+        ds = (r[_T] - self.t0) * 10 + (fl & 15)
         if ds < self._ds:
             return False
         w = self._recs
         mark = w.mark()
-        first = self.count == 0
+        et = r[_ETYPE]
         try:
-            w.array(7 if first else 5)
-            w.uint(ds - self._ds)
-            w.int(fix.lat - self._lat)
-            w.int(fix.lon - self._lon)
-            speed = fix.speed
-            if speed is None:
-                w.null()
+            if et:
+                st = et == _STATUS
+                w.map(6 + (fl & _HAS_F > 0) + (fl & _HAS_X > 0) + (fl & _HAS_R > 0))
+                w.uint(0)
+                w.uint(et)
+                w.uint(1)
+                w.uint(ds - self._ds)
+                w.uint(2)
+                w.int(r[_LAT])
+                w.uint(3)
+                w.int(r[_LON])
+                if fl & _HAS_F and not st:
+                    w.uint(4)
+                    w.uint(r[_FENCE])
+                w.uint(5)
+                w.uint(r[_HDOP])
+                w.uint(6)
+                w.uint(r[_SATS])
+                if fl & _HAS_X:
+                    w.uint(7)
+                    w.int(r[_EXTRA])
+                if fl & _HAS_R:
+                    # A status record's counters (docs/wire-format.md): queued and cause.
+                    w.uint(9 if st else 8)
+                    w.uint(r[_FENCE] if st else r[_ROUTE])
+                    if st:
+                        w.uint(10)
+                        w.uint(r[_ROUTE])
             else:
-                w.uint((speed + 50) // 100)  # mm/s -> dm/s
-            course = fix.course
-            if course is None:
-                w.null()
-            else:
-                w.uint((course + 50) // 100 % 360)  # centidegrees -> degrees
-            if first:
-                hdop = fix.hdop
-                w.uint(0 if hdop is None else (hdop + 5) // 10)  # x100 -> x10
-                sats = fix.sats
-                w.uint(0 if sats is None else sats)
-        except OverflowError:
-            w.rewind(mark)
-            return False
-        self._ds = ds
-        self._lat = fix.lat
-        self._lon = fix.lon
-        self._end = w.n
-        self.count += 1
-        return True
-
-    def add_event(self, etype, fix, fence=None, extra=None, route=None):
-        # Append an event decided on `fix` (a valid fix with a time): type etype (wire
-        # numbers, docs/wire-format.md), its absolute position and quality, the fence
-        # number, a type-specific value (key 7: dwell seconds, expected stop...) and the
-        # route version the fence number belongs to (key 8). Returns False, changing
-        # nothing, if it does not fit or lies before the last record. Events leave the
-        # position delta chain alone.
-        if self.count >= self.max_records:
-            return False
-        ds = (fix.t - self.t0) * 10 + fix.ms // 100
-        if ds < self._ds:
-            return False
-        w = self._recs
-        mark = w.mark()
-        try:
-            w.map(6 + (fence is not None) + (extra is not None) + (route is not None))
-            w.uint(0)
-            w.uint(etype)
-            w.uint(1)
-            w.uint(ds - self._ds)
-            w.uint(2)
-            w.int(fix.lat)
-            w.uint(3)
-            w.int(fix.lon)
-            if fence is not None:
-                w.uint(4)
-                w.uint(fence)
-            w.uint(5)
-            hdop = fix.hdop
-            w.uint(0 if hdop is None else (hdop + 5) // 10)
-            w.uint(6)
-            w.uint(fix.sats or 0)
-            if extra is not None:
-                w.uint(7)
-                w.int(extra)
-            if route is not None:
-                w.uint(8)
-                w.uint(route)
+                first = self.count == 0
+                w.array(7 if first else 5)
+                w.uint(ds - self._ds)
+                w.int(r[_LAT] - self._lat)
+                w.int(r[_LON] - self._lon)
+                if r[_SPEED] == _NONE:
+                    w.null()
+                else:
+                    w.uint(r[_SPEED])
+                if r[_COURSE] == _NONE:
+                    w.null()
+                else:
+                    w.uint(r[_COURSE])
+                if first:
+                    w.uint(r[_HDOP])
+                    w.uint(r[_SATS])
+                self._lat = r[_LAT]
+                self._lon = r[_LON]
+            if w.n > w.size - _MAC_ENTRY:
+                raise OverflowError  # no room left for the MAC: the report is full
         except OverflowError:
             w.rewind(mark)
             return False

@@ -1,5 +1,5 @@
 # The day's route on the van, read back fence by fence from the flash file the uplink
-# fetched it into (uplink.fetch_route; the format: gateway/route.cddl, docs/routes.md).
+# fetched it into (rtfetch.fetch; the format: gateway/route.cddl, docs/routes.md).
 #
 # Reading never holds the file or its decoded form in the heap: open() returns the
 # header (format, version, params, depot) and two sequences, stops then zones, whose
@@ -15,8 +15,11 @@
 #
 # It does not decide anything about fences (fence.py does) nor fetch the route
 # (uplink). The tracker imports it only while it builds a geofence.
+import gc
 import hashlib
+import sys
 
+import log
 from micropython import const
 
 _FORMAT = const(1)
@@ -187,3 +190,29 @@ def load(path, cb):
     except (OSError, ValueError, IndexError):
         pass  # no progress yet, or unreadable: start afresh
     return g, r[1], ids, etag, stops
+
+
+def install(t):
+    # Builds the tracker t's geofence from its route file, at boot (start.boot), first
+    # thing after the configuration: the fences need the heap before anything cuts it
+    # up. A route too large for the heap, or a bad file, is left out: the van then
+    # tracks and reports without fences, and says so. Either way the uplink gets the
+    # file's ETag, so it fetches only a new route.
+    try:
+        got = load(t._path, t._event)
+        if got is None:
+            return  # no route yet
+        t.geo, t.route, t._ids, t._etag, stops = got
+        log.info("route", "loaded", version=t.route, stops=stops, fences=len(t._ids))
+        return
+    except MemoryError:
+        got = t.geo = None
+        sys.modules.pop("fence", None)
+        gc.collect()
+        log.error("route", "too_large_for_heap", mem_free=gc.mem_free())
+    except (ValueError, OSError) as e:
+        log.error("route", "unreadable", error=repr(e))
+    try:
+        t._etag = file_etag(t._path)
+    except Exception:
+        pass

@@ -20,20 +20,21 @@ from micropython import const
 VERSION = "0.1.0"
 # Parser counters are logged every this many GPS seconds.
 _STATS_EVERY_S = const(60)
-# When a replay ends (sim board), how long to wait for the last reports to be delivered.
+# When a replay ends (sim board), how long to wait for the last records to be delivered
+# (what is left waits on flash for the next boot).
 _DRAIN_MS = const(30000)
 _READ_CHUNK = const(128)  # GPS bytes per read: ~1/8 s of NMEA at 9600 baud
-# Heap a booted van keeps free for running (reports in flight, queued reports, the CoAP
-# exchange, log lines): measured on the 64-bit unix port at 64K, a van uses ~6 KB more
-# than it has once booted, and fixes start failing below ~8.5 KB free at boot (a route
-# of ~60 stops there; `vantrack bench memory`).
-_HEAP_RESERVE = const(8704)
+# Heap a booted van keeps free for running (the report in flight, the CoAP exchange,
+# log lines, reading the queue): measured on the 64-bit unix port at 64K, a van uses
+# ~4.5 KB more than it has once booted (`vantrack bench memory`); with 8 KB free at boot
+# it keeps ~3.5 KB for the garbage between collections.
+_HEAP_RESERVE = const(8192)
 
 
 class Tracker:
     def __init__(self, board, cfg):
         self.board = board
-        self.uplink = None  # main() attaches one if the van reports
+        self.uplink = None  # start.boot() attaches one if the van reports
         self.echo = cfg["echo_fixes"]
         self.parser = nmea.Parser(self.on_fix)
         self.fixes = 0
@@ -45,48 +46,25 @@ class Tracker:
         self._ids = None  # the route's fence id hashes, by fence number
         self._etag = None
         self._path = board.flash_dir + "/route.cbor"
-        self.restart = False  # set when a new route needs a clean heap: see run()
-        self.load_route(True)
+        self.restart = False  # set when a new route is to be built at boot
+        self._rebuild = False  # the fences went for a fetch: build them again at boot
 
-    def load_route(self, boot=False):
-        # (Re)build the geofence from the route file (routefile.load: the code for it is
-        # in the heap only meanwhile). The geofence being replaced has its progress in
-        # the state file already (saved after every event) and goes first, so the two
-        # never share the heap. If the heap cannot take the new one now (a route fetched
-        # while everything runs), the van restarts to load it at boot (see run()); if the
-        # file is bad it goes on tracking and reporting without fences, and says so.
-        self.geo = None
-        gc.collect()
-        got = None
-        try:
-            import routefile
-
-            got = routefile.load(self._path, self._event)
-        except MemoryError:
-            if boot:
-                # The heap will never be emptier than now: no fences, and say so. The
-                # uplink still gets the file's ETag, so it fetches only a new route.
-                log.error("route", "too_large_for_heap")
-                try:
-                    self._etag = routefile.file_etag(self._path)
-                except Exception:
-                    pass
-            else:
-                log.warn("route", "restart_to_load")
-                self.restart = True
-        except (ValueError, OSError) as e:
-            log.error("route", "unreadable", error=repr(e))
-        finally:
-            sys.modules.pop("routefile", None)
-        if got is None:
-            return
-        self.geo, self.route, self._ids, self._etag, stops = got
-        up = self.uplink
-        if up is not None:
-            up.route_etag = self._etag
-            up.route_version = self.route
-        log.info("route", "loaded", version=self.route, stops=stops, fences=len(self._ids))
-        self._save()
+    def new_route(self, state):
+        # The uplink is about to fetch a route (state 0), fetched a new one (1), or
+        # found that the van's is current (2). A route is built at boot
+        # (routefile.install), where the heap is at its emptiest, so before a fetch the
+        # fences go (their progress is on flash, saved after every event, and carries over
+        # stop by stop) to leave the fetch room, and once a route is there the van
+        # restarts to build it; what is queued waits on flash meanwhile.
+        if state == 0:
+            if self.geo is not None:
+                self.geo = None
+                sys.modules.pop("fence", None)
+                self._rebuild = True
+                gc.collect()
+        elif state == 1 or self._rebuild:
+            log.warn("route", "restart_to_load")
+            self.restart = True
 
     def _save(self):
         # The route's progress next to it, replaced atomically: its ETag (8 bytes), the
@@ -164,19 +142,11 @@ class Tracker:
         up = self.uplink
         sender = None if up is None else asyncio.create_task(up.run())
         try:
-            while True:
-                await self._read_gps()
-                # The sim board's replay ended, or a restart is due: deliver what is left
-                # first (the queue is in RAM), then stop.
-                if up is None or await up.drain(_DRAIN_MS):
-                    return
-                log.warn("uplink", "undelivered", queued=len(up.queue))
-                if not self.restart:
-                    return
-                # A restart now would lose the queue: track on without fences and load
-                # the route at the next boot.
-                log.warn("route", "restart_postponed")
-                self.restart = False
+            await self._read_gps()
+            # A restart is due (what is queued waits on flash), or the sim board's replay
+            # ended: deliver what is left while the rig waits, then stop.
+            if up is not None and not self.restart and not await up.drain(_DRAIN_MS):
+                log.warn("uplink", "undelivered", queued=up.q.count)
         finally:
             if sender is not None:
                 sender.cancel()
@@ -186,13 +156,11 @@ class Tracker:
     async def _read_gps(self):
         # The GPS reader: moves bytes from the board's GPS stream (machine.UART on the
         # ESP32, a pty on the sim board) into the parser, through one preallocated buffer,
-        # so reading allocates nothing; the parser calls on_fix once per epoch. While the
-        # uplink's queue is full (`blocked`) it waits (the bytes stay in the UART/pty
-        # buffer) instead of deciding records nobody can keep.
+        # so reading allocates nothing; the parser calls on_fix once per epoch. It never
+        # waits for the gateway: records go to the flash queue.
         stream = self.board.gps_stream()
         exits = self.board.gps_eof_exits
         parser = self.parser
-        gate = self.uplink
         buf = bytearray(_READ_CHUNK)
         oom = 0
         mv = memoryview(buf)
@@ -220,9 +188,7 @@ class Tracker:
                     if not oom & (oom - 1):
                         log.error("gps", "fix_failed", error=repr(e), n=oom)
                 if self.restart:
-                    return  # stop deciding records: run() delivers them, main() restarts
-                if gate is not None and gate.blocked:
-                    await gate.space.wait()
+                    return  # main() restarts
                 continue
             if exits:
                 parser.flush()
@@ -233,67 +199,39 @@ class Tracker:
             # No data: a silent receiver. Don't spin; the next byte wakes us normally.
             await asyncio.sleep_ms(100)
 
-
-def _uplink(cfg, flash_dir):
-    # Reporting needs a provisioned identity and a gateway; without them the van still
-    # tracks (and logs why it does not report).
-    if not (cfg["device_id"] and cfg["key"] and cfg["gateway_host"]):
-        log.warn("uplink", "not_provisioned", reason="device_id, key and gateway_host needed")
-        return None
-    import coap
-    import report
-    import uplink
-
-    # Requests: our largest report plus CoAP header and options. Responses: an ack map, a
-    # one-line diagnostic, or a 256-byte block of the route with its header and options
-    # (ETag, Block2, Content-Format); every received datagram is one allocation.
-    tx = cfg["report_max_records"] * report.POSITION_MAX + report.ENVELOPE_MAX + 32
-    gc.collect()  # buffers need contiguous heap: collect the import garbage first
-    client = coap.Client(cfg["gateway_host"], cfg["gateway_port"], rx_size=300, tx_size=tx)
-    try:
-        up = uplink.Uplink(cfg, flash_dir, client)
-    except ValueError as e:
-        # A key that is not 32 hex digits: say so and keep tracking without reporting.
-        log.error("uplink", "bad_key", error=str(e))
-        return None
-    log.info("uplink", "gateway", host=cfg["gateway_host"], port=cfg["gateway_port"])
-    return up
-
-
-def main(board):
-    # Collect once a quarter of the heap was allocated since the last collection, not
-    # only when an allocation fails: garbage then goes while holes are small.
-    gc.threshold((gc.mem_free() + gc.mem_alloc()) // 4)
-    # config is needed once, at boot: unload it so its code does not stay in the heap.
-    import config
-
-    cfg = config.load(board.flash_dir, board.overrides)
-    del sys.modules["config"]
-    board.configure(cfg)
-    info = board.describe()
-    log.info("boot", "start", version=VERSION, device=cfg["device_name"] or "-", **info)
-    # The route first, while the heap is at its emptiest, then the uplink.
-    t = Tracker(board, cfg)
-    up = t.uplink = _uplink(cfg, board.flash_dir)
-    # The configuration has been read into the objects that use it: let it go.
-    board.cfg = cfg = info = None
-    gc.collect()
-    fences = 0 if t._ids is None else len(t._ids)
-    if t.geo is not None and gc.mem_free() < _HEAP_RESERVE:
-        # Fences that leave the van too little heap to run would cost fixes (and their
-        # records) to MemoryError all day: track and report without them, and say so.
-        log.error("route", "too_large_for_heap", mem_free=gc.mem_free(), fences=fences)
-        t.geo = None
+    def main(self):
+        # Builds the route's fences (start.boot() made this tracker and is gone: the heap
+        # is as empty as it gets), then runs until the sim board's replay ends or a
+        # restart is due.
         gc.collect()
-    log.info("boot", "ready", mem_free=gc.mem_free(), fences=0 if t.geo is None else fences)
-    if up is not None:
-        up.on_route = t.load_route
-        up.route_etag = t._etag
-        up.route_version = t.route
-    try:
-        asyncio.run(t.run())
-    finally:
-        t.log_stats()
-        log.info("boot", "stop")
-    if t.restart:
-        board.restart()  # everything decided was delivered: start again, route first
+        try:
+            __import__("routefile").install(self)
+        finally:
+            sys.modules.pop("routefile", None)
+        up = self.uplink
+        if up is not None:
+            up.on_route = self.new_route
+            up.route_etag = self._etag
+            up.route_version = self.route
+            # A van with a route file asks only when an ack names another version.
+            up.route_wanted = self._etag is None
+        gc.collect()
+        n = 0 if self.geo is None else len(self._ids)  # type: ignore[arg-type]
+        if n and gc.mem_free() < _HEAP_RESERVE:
+            # Fences that leave the van too little heap to run would cost fixes to
+            # MemoryError all day: track and report without them, and say so.
+            log.error("route", "too_large_for_heap", mem_free=gc.mem_free(), fences=n)
+            self.geo = None
+            sys.modules.pop("fence", None)
+            n = 0
+            gc.collect()
+        elif n:
+            self._save()  # the progress carried over, under this route's ETag
+        log.info("boot", "ready", mem_free=gc.mem_free(), fences=n)
+        try:
+            asyncio.run(self.run())
+        finally:
+            self.log_stats()
+            log.info("boot", "stop")
+        if self.restart:
+            self.board.restart()  # start again, route first (the queue waits on flash)

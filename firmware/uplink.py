@@ -1,29 +1,41 @@
-# Uplink: turns the van's valid fixes into reports and delivers them to the gateway.
+# Uplink: decides which fixes become records, keeps them in the flash queue and delivers
+# them to the gateway.
 #
-# Every valid fix becomes a position record, and every event decided on a fix (fence.py)
-# an event record right after it, each with the next sequence number (SeqNo,
-# never repeated across reboots) in the open report (report.Batch). A report is sealed when
-# it holds report_max_records records, spans report_max_age_s of GPS time, or no fix came
-# for _IDLE_SEAL_MS. Sealed reports wait in a small RAM queue and are POSTed one at a time
-# (coap.Client), oldest first; what happens next follows the CoAP decision: done -> gone,
-# drop -> gone and counted (the gateway will never take it), backoff/retry -> the same bytes
-# again later, so the gateway's (device, seq) dedup makes a resend harmless.
-# When the queue is full the GPS reader waits (`blocked`), so nothing decided is thrown
-# away; keeping reports across power cuts (a flash queue) is not done here.
+# Recording (smart reporting, as Teltonika's data acquisition does it): a valid fix
+# becomes a position record when the period has passed since the last one (a longer one
+# when the van is stopped), or the van moved the distance, turned by the angle or changed
+# speed by the delta since the last record; every event decided on a fix (fence.py) is
+# recorded after its fix's position, which is then always recorded too. All of it runs on
+# GPS time (fix.t), so a replayed day decides the same records as the van did. The
+# thresholds come from the configuration and can be changed per device by the gateway in
+# its acks (keys 2-6, docs/wire-format.md); a key it stops sending reverts to the default.
 #
-# The day's route comes through here too: the same task fetches it at boot and whenever
-# an ack names a route version other than the van's, then calls on_route() so the
-# tracker rebuilds its fences. The gateway serves it as CBOR on GET /rt?d=<device>&m=<mac>
-# (docs/routes.md) with an ETag, block-wise (RFC 7959 Block2) as it is larger than a
-# datagram: each block goes to a temporary file, renamed over the route file only once
-# the last block came with the ETag of the first (rename is atomic on LittleFS and
-# POSIX), so a power cut or a route replaced mid-transfer never leaves half a route. A
-# route that did not change costs one 2.03 Valid.
+# Every record goes to the flash queue (queue.py) before anything else, with the queue's
+# next sequence number; nothing is kept in RAM. Delivering (its own task) POSTs reports
+# read back from the queue, one at a time, oldest first: when a record waits longer than
+# report_max_age_s of GPS time behind the last one sent, comes with an event, fills a
+# report, or the GPS went quiet. A backlog (more than a report's worth after an outage)
+# goes out in reports of consecutive records, paced, alternating with the newest record
+# on its own so the gateway's live position is never more than a report behind. What
+# happens after a POST follows the CoAP decision: done -> acknowledged in the queue,
+# drop -> the same (the gateway will never take it; counted), backoff/retry -> the same
+# records again later (the gateway's (device, seq) dedup makes a resend harmless).
+# Status records (event 16) tell the gateway how much waits and what was thinned out: at
+# boot, when the link comes back after an outage, when the queue thinned, and when a
+# backlog was delivered.
+#
+# The day's route comes through here too: the same task fetches it (rtfetch.py) at boot
+# and whenever an ack names a route version other than the van's, telling the tracker
+# (on_route) before and after
+# so the tracker rebuilds its fences.
 import asyncio
 import binascii
 import gc
-import os
+import math
+import sys
 import time
+from array import array
+from queue import Queue
 
 import coapmsg
 import log
@@ -31,85 +43,78 @@ import report
 from micropython import const
 
 _PATH = coapmsg.path("/r")
-_QUEUE_MAX = const(3)
-_IDLE_SEAL_MS = const(5000)  # seal a half-full report when the GPS went quiet this long
+_IDLE_MS = const(5000)  # send what waits once no record came for this long
+_POLL_MS = const(250)  # how often the sender looks for a report due
 _RETRY_MS = const(5000)  # first wait after a failed delivery; doubles up to _RETRY_MAX_MS
 _RETRY_MAX_MS = const(300000)
-_SEQ_BLOCK = const(1000)  # sequence numbers reserved on flash at a time (SeqNo)
 _BACKOFF_MS = const(600000)  # the gateway does not know us: ask again in 10 minutes
-_GET = const(1)
-_VALID = const(67)  # 2.03: the route did not change
-_NOT_FOUND = const(132)  # 4.04: the gateway has no route for us
-_ETAG = const(4)
-_URI_QUERY = const(15)
-_BLOCK2 = const(23)
-_SZX = const(4)  # 256-byte blocks: a block and its header fit the client's rx buffer
-_RT = coapmsg.path("/rt")
+_SEG_BYTES = const(4068)  # a queue segment (queue.py)
+# Smart reporting: below this speed (mm/s, 5 km/h) the van counts as stopped, and its
+# course as noise.
+_STOP_MMS = const(1389)
+# The uplink's numbers, in one int array (Uplink.v): an attribute each would cost the
+# instance a dict that has to grow in one piece.
+_MAX_AGE = const(0)  # report_max_age_s
+_PACE = const(1)  # backlog_pace_ms
+_PUT_MS = const(2)  # ticks_ms() of the last record
+_SENT_T = const(3)  # GPS time at which a report was last asked for
+_LIVE = const(4)  # the last report was the newest record alone
+_STATUS = const(5)  # a status record is due, for this cause (0: none)
+_BACKLOG = const(6)  # a backlog is being delivered
+_READY = const(7)  # a report is due
+_RECORDS = const(8)  # records made since boot
+_LOST = const(9)  # records the flash would not take
+_ACKED = const(10)  # records the gateway acknowledged
+_REPORTS = const(11)  # reports the gateway acknowledged
+_DROPPED = const(12)  # records in reports the gateway refused for good
+_FAILURES = const(13)  # deliveries that failed (retried)
+_TH = const(14)  # 5 thresholds in ack key order 2..6: period moving (s), period
+# stopped (s), distance (m), heading change (degrees), speed change (dm/s)
+_DTH = const(19)  # the same from the configuration: where an ack says nothing
+_LT = const(24)  # the last recorded position: GPS time (-1: none yet),
+_LLAT = const(25)  # latitude, longitude, speed (mm/s),
+_LLON = const(26)
+_LSPD = const(27)
+_LCRS = const(28)  # course (centidegrees, -1: unknown)
+_LCOS = const(29)  # and cos(latitude) x 1024
+_ACK = const(30)  # the last ack's keys 0..6 (-1: absent)
+_NV = const(37)
+_EVENT_STATUS = const(16)  # the event type of a status record
+# Status causes (docs/wire-format.md).
+_BOOT = const(1)
+_LINK = const(2)
+_THINNED = const(3)
+_DRAINED = const(4)
 
 
 def _code(r):
     return "-" if r.code is None else coapmsg.code_str(r.code)
 
 
-def _ack_route(p):
-    # Key 1 (route version) of a 2.04 ack map of small uints {0: seq, 1: version}, or None.
+def _ack(p, v):
+    # Reads a 2.04 ack map of small uint keys and values (wire.cddl `ack`) into
+    # v[_ACK + key] for keys 1..6 (-1 where absent). False if it is not such a map: then
+    # those are unusable.
+    for i in range(_ACK, _NV):
+        v[i] = -1
     try:
         if p[0] >> 5 != 5:
-            return None
+            return False
         i = 1
         for _ in range(p[0] & 31):
             ai = p[i + 1] & 31
             if p[i] > 23 or p[i + 1] >> 5 or ai > 27:
-                return None  # not a small uint key with a uint value: not ours to read
-            n = 0 if ai < 24 else 1 << (ai - 24)
-            v = ai
-            if n:
-                v = int.from_bytes(p[i + 2 : i + 2 + n], "big")
-            if p[i] == 1:
-                return v
-            i += 2 + n
+                return False  # not a small uint key with a uint value: not ours to read
+            k = 0 if ai < 24 else 1 << (ai - 24)
+            n = ai
+            if k:
+                n = int.from_bytes(p[i + 2 : i + 2 + k], "big")
+            if 0 < p[i] < _NV - _ACK:  # not key 0 (a seq may not fit the array)
+                v[_ACK + p[i]] = min(n, 0x3FFFFFFF)
+            i += 2 + k
     except IndexError:
-        pass
-    return None
-
-
-class SeqNo:
-    # Record sequence numbers that survive reboots and never repeat, with little flash
-    # wear. The flash file holds the first number *not yet reserved*. At boot the device
-    # reserves a block of numbers by writing start + block before using any of them, and
-    # reserves the next block when it runs out; a reboot skips what was left of the
-    # block. So a day of 1 Hz driving (~86 400 records) costs ~90 small writes, and a
-    # power cut at any time can only waste numbers, never reuse one. The write is atomic:
-    # a temporary file renamed over the old one (rename is atomic on LittleFS and POSIX).
-    def __init__(self, flash_dir, block=_SEQ_BLOCK):
-        self._path = flash_dir + "/seq"
-        self._block = block
-        try:
-            with open(self._path) as f:
-                nxt = int(f.read().strip())
-        except OSError:
-            nxt = 0  # a new device
-        except ValueError:
-            # Unreadable counter (it is never half-written, see take()): don't guess low,
-            # jump far ahead so no number already used can come back.
-            log.error("seq", "corrupt_counter", path=self._path)
-            nxt = 1 << 29  # still a small int on the ESP32
-        self._next = nxt
-        self._limit = nxt  # nothing reserved yet: the first take() reserves
-
-    def take(self, n=1):
-        # The first of n consecutive fresh numbers; reserves a new block on flash first
-        # when the current one cannot hold them.
-        if self._next + n > self._limit:
-            limit = self._next + max(self._block, n)
-            tmp = self._path + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(str(limit))
-            os.rename(tmp, self._path)
-            self._limit = limit  # only once flash holds it
-        first = self._next
-        self._next += n
-        return first
+        return False
+    return True
 
 
 class Uplink:
@@ -118,111 +123,198 @@ class Uplink:
         self.batch = report.Batch(
             cfg["device_id"], binascii.unhexlify(cfg["key"]), cfg["report_max_records"]
         )
-        self.max_age = cfg["report_max_age_s"]
-        self.seq = SeqNo(flash_dir)
-        self.queue = []  # sealed reports (bytes), oldest first
-        self.ready = asyncio.Event()  # the queue has something
-        self.space = asyncio.Event()  # the queue has room again
-        self.blocked = False
-        self.records = 0
-        self.acked = 0  # records the gateway acknowledged
-        self.reports = 0  # reports the gateway acknowledged
-        self.dropped = 0  # records in reports the gateway refused for good
-        self.failures = 0
-        self._last_fix = time.ticks_ms()
+        self.q = Queue(flash_dir, cfg["queue_kb"] * 1024 // _SEG_BYTES)
+        v = self.v = array("i", bytes(4 * _NV))
+        v[_MAX_AGE] = cfg["report_max_age_s"]
+        v[_PACE] = cfg["backlog_pace_ms"]
+        v[_PUT_MS] = time.ticks_ms()  # type: ignore[call-overload]  # an int: < 2**30
+        v[_STATUS] = _BOOT
+        i = _TH
+        for k in ("report_period_s", "report_stopped_period_s", "report_distance_m",
+                  "report_angle_deg", "report_speed_delta_kmh"):  # fmt: skip
+            v[i] = v[i + 5] = cfg[k]
+            i += 1
+        v[_TH + 4] = v[_DTH + 4] = v[_DTH + 4] * 100 // 36  # km/h -> dm/s
+        v[_LT] = v[_LCRS] = -1
         # Route: where the tracker keeps it, its ETag and version (set by the tracker),
-        # and the tracker's callback once a new one was written.
+        # and the tracker's callback once a new one was fetched. At boot, ask (a 2.03 if
+        # it did not change); later, the version an ack named.
         self.on_route = None
         self.route_path = flash_dir + "/route.cbor"
         self.route_etag = None
         self.route_version = 0
-        # At boot, ask (a 2.03 if it did not change); later, the version an ack named.
         self.route_wanted = True
 
-    # ---- building (called from the GPS task, synchronously) ---------------------------
+    # ---- recording (called from the GPS task, synchronously) --------------------------
     def add(self, fix, etype=0, fence=None, extra=None, route=None):
-        # The record of a valid fix: its position (etype 0), or an event decided on it.
-        # Its number is taken first (a flash write once per block, which may fail before
-        # anything is written): the open report's records are always consecutive.
-        b = self.batch
-        self._last_fix = time.ticks_ms()
-        seq = self.seq.take()
-        for _ in range(2):
-            if b.count == 0:
-                b.start(seq, fix.t)
-            if b.add_event(etype, fix, fence, extra, route) if etype else b.add_position(fix):
-                self.records += 1
-                if b.full() or fix.t - b.t0 >= self.max_age:
-                    self._seal()
+        # A valid fix (etype 0: recorded if the thresholds say so), or an event decided
+        # on it (always recorded, after the fix's position).
+        v = self.v
+        if etype == 0:
+            if not self._wanted(fix):
                 return
-            self._seal()  # full, or the fix lies before its last record: a new report
-        log.error("uplink", "unrecorded", seq=seq, type=etype)  # a gap, never a repeat
+        elif v[_LT] != fix.t:
+            self._put(fix)
+        self._put(fix, etype, fence, extra, route)
+        q = self.q
+        if q.dropped:
+            v[_STATUS] = _THINNED
+        if v[_STATUS]:
+            self._put(fix, _EVENT_STATUS, q.count, q.dropped, v[_STATUS])
+            q.dropped = v[_STATUS] = 0
+        if etype or q.count >= self.batch.max_records or fix.t - v[_SENT_T] >= v[_MAX_AGE]:
+            v[_SENT_T] = fix.t
+            v[_READY] = 1
 
-    def _seal(self):
-        b = self.batch
-        if not b.count:
+    def _put(self, fix, etype=0, fence=None, extra=None, route=None):
+        v = self.v
+        try:
+            self.q.put(fix, etype, fence, extra, route)
+        except OSError as e:
+            # The flash refused it (full, failing): this record is lost, the van goes on.
+            v[_LOST] += 1
+            log.error("queue", "write_failed", error=repr(e), type=etype, lost=v[_LOST])
             return
-        self.queue.append((bytes(b.seal()), b.seq, b.count))
-        b.count = 0
-        self.ready.set()
-        if len(self.queue) >= _QUEUE_MAX:
-            self.blocked = True
-            self.space.clear()
+        v[_RECORDS] += 1
+        v[_PUT_MS] = time.ticks_ms()  # type: ignore[call-overload]  # an int: < 2**30
+        if etype == 0:
+            if v[_LT] < 0 or v[_LLAT] // 10000 != fix.lat // 10000:  # ~1 km: close enough
+                v[_LCOS] = int(1024 * math.cos(math.radians(fix.lat / 1e6)))
+            v[_LT] = fix.t
+            v[_LLAT] = fix.lat
+            v[_LLON] = fix.lon
+            v[_LSPD] = fix.speed or 0
+            v[_LCRS] = -1 if fix.course is None else fix.course
+
+    def _wanted(self, fix):
+        # Whether this fix is to be recorded (smart reporting; integer maths, no
+        # allocation: this runs for every fix).
+        v = self.v
+        if v[_LT] < 0:
+            return True
+        dt = fix.t - v[_LT]
+        spd = fix.speed or 0
+        moving = spd >= _STOP_MMS
+        if dt >= v[_TH if moving else _TH + 1]:
+            return True
+        if dt <= 0:
+            return False
+        if abs(spd - v[_LSPD]) >= v[_TH + 4] * 100:
+            return True
+        if not moving:
+            return False
+        c = fix.course
+        if c is not None and v[_LCRS] >= 0:
+            d = abs(c - v[_LCRS]) % 36000
+            if min(d, 36000 - d) >= v[_TH + 3] * 100:
+                return True
+        lim = v[_TH + 2] * 8983 // 1000  # metres -> microdegrees of latitude
+        dy = fix.lat - v[_LLAT]
+        dx = (fix.lon - v[_LLON]) * v[_LCOS] >> 10
+        if abs(dy) >= lim or abs(dx) >= lim:
+            return True
+        return dx * dx + dy * dy >= lim * lim
 
     # ---- delivering (its own task) ------------------------------------------------------
     async def run(self):
-        # Delivers the queue, oldest first; a second task seals a report the GPS left open.
-        # Nothing may end this task (the GPS reader would wait on a full queue for ever):
-        # whatever fails in one round (the heap, the flash) is counted, and it goes on.
-        idle = asyncio.create_task(self._idle())
+        # Delivers the queue, oldest first. Nothing may end this task: whatever fails in
+        # one round (the heap, the flash) is counted, and it goes on.
         delay = _RETRY_MS
-        try:
-            while True:
+        while True:
+            try:
+                delay = await self._deliver(delay)
+            except Exception as e:
+                self.v[_FAILURES] += 1
+                gc.collect()
                 try:
-                    delay = await self._deliver(delay)
-                except Exception as e:
-                    self.failures += 1
-                    gc.collect()
-                    try:
-                        log.error("uplink", "round_failed", error=repr(e))
-                    except MemoryError:
-                        pass
-                    await asyncio.sleep_ms(_RETRY_MS)
-        finally:
-            idle.cancel()
+                    log.error("uplink", "round_failed", error=repr(e))
+                except MemoryError:
+                    pass
+                await asyncio.sleep_ms(_RETRY_MS)
+
+    def _add(self, r):
+        b = self.batch
+        if not b.count:
+            b.start(r[0], r[1])
+        return b.add(r)
+
+    def build(self):
+        # The next report into the batch (seal() gives its bytes): (first seq, records),
+        # 0 records if nothing could be read. With a backlog, it alternates between the
+        # oldest records and the newest one alone.
+        v = self.v
+        q = self.q
+        live = v[_LIVE] = not v[_LIVE] and q.count > self.batch.max_records
+        self.batch.count = 0
+        first, n = q.read(self._add, live)
+        if not n:
+            first, n = q.read(self._add)
+        return first, n
 
     async def _deliver(self, delay):
-        # One round: the route if one is wanted, else the oldest report (or a wait for
-        # one). Returns the next retry delay.
-        if self.route_wanted and self.on_route:
-            await self._fetch_route()
-        if not self.queue:
-            self.ready.clear()
-            await self.ready.wait()
+        # One round: the route if one is wanted, else one report when one is due (or a
+        # wait for that). Returns the next retry delay.
+        want = self.route_wanted
+        if want and self.on_route:
+            # Asked once: a failed fetch is retried when an ack names the version again.
+            # The code for it is in the heap only meanwhile (as routefile's), and the
+            # tracker makes room for it first (on_route(0)): see Tracker.new_route.
+            self.route_wanted = False
+            self.on_route(0)
+            try:
+                import rtfetch
+
+                await rtfetch.get(self, want)
+            finally:
+                sys.modules.pop("rtfetch", None)
+        q = self.q
+        b = self.batch
+        v = self.v
+        if q.count and time.ticks_diff(time.ticks_ms(), v[_PUT_MS]) >= _IDLE_MS:
+            v[_READY] = 1  # records wait and the GPS went quiet
+        if not q.count or q.count < b.max_records and not v[_READY]:
+            if v[_BACKLOG] and not q.count:
+                v[_BACKLOG] = 0
+                v[_STATUS] = _DRAINED
+            # Nothing due: look again shortly (a task waking 4 times a second costs less
+            # heap than an event and a timer task).
+            await asyncio.sleep_ms(_POLL_MS)
             return delay
-        payload, first, count = self.queue[0]
-        res = await self.client.post(_PATH, payload)
+        v[_READY] = 0
+        first, n = self.build()
+        if not n:
+            q.count = 0  # nothing left on flash to send
+            await asyncio.sleep_ms(_POLL_MS)
+            return delay
+        res = await self.client.post(_PATH, b.seal())
         d = res.decision
         if d == coapmsg.DONE or d == coapmsg.DROP:
-            self.queue.pop(0)
-            if self.blocked and len(self.queue) < _QUEUE_MAX:
-                self.blocked = False
-                self.space.set()
+            q.ack(first, n)
             if d == coapmsg.DONE:
-                self.acked += count
-                self.reports += 1
-                v = _ack_route(res.payload)
-                if v is not None and v != self.route_version:
-                    self.route_wanted = v
+                v[_ACKED] += n
+                v[_REPORTS] += 1
+                if delay > _RETRY_MS:
+                    v[_STATUS] = _LINK  # back after an outage
+                    v[_BACKLOG] = 1
+                if _ack(res.payload, v):
+                    r = v[_ACK + 1]
+                    if r >= 0 and r != self.route_version:
+                        self.route_wanted = r  # type: ignore[assignment]  # True or a version
+                    for i in range(5):
+                        r = v[_ACK + 2 + i]
+                        v[_TH + i] = r if r > 0 else v[_DTH + i]
             else:
-                self.dropped += count
+                v[_DROPPED] += n
                 try:
                     diag = bytes(res.payload).decode()
                 except UnicodeError:
                     diag = "-"
-                log.error("uplink", "refused", code=_code(res), seq=first, n=count, diag=diag)
+                log.error("uplink", "refused", code=_code(res), seq=first, n=n, diag=diag)
+            if q.count > b.max_records:
+                v[_BACKLOG] = 1
+                await asyncio.sleep_ms(v[_PACE])
             return _RETRY_MS
-        self.failures += 1
+        v[_FAILURES] += 1
         if d == coapmsg.BACKOFF:
             wait = _BACKOFF_MS
         else:
@@ -232,92 +324,21 @@ class Uplink:
         log.warn("uplink", d, code=_code(res), reason=res.reason or "-", seq=first,
                  wait_ms=wait)  # fmt: skip
         await asyncio.sleep_ms(wait)
+        v[_READY] = 1  # try again whether or not a new record came
         return delay
 
-    async def _fetch_route(self):
-        # One attempt; a failed one is retried when the next ack names a newer version.
-        # A route fetched is the van's from then on (ETag, version), even if the tracker
-        # cannot load it now: it is in flash and loads at the next boot.
-        want = self.route_wanted
-        self.route_wanted = False
-        try:
-            res, changed = await self.fetch_route()
-        except (MemoryError, OSError) as e:
-            log.error("route", "fetch_failed", error=repr(e))
-            gc.collect()
-            return
-        if res.decision == coapmsg.DONE and want is not True:
-            self.route_version = want  # fetched, or 2.03: that version is the van's
-        if changed:
-            self.route_etag = coapmsg.opt(res.options, _ETAG)
-            log.info("route", "fetched")
-            self.on_route()  # type: ignore[misc]  # run() checked it is set
-        elif res.decision != coapmsg.DONE and res.code != _NOT_FOUND:
-            log.warn("route", res.decision, code=_code(res), reason=res.reason or "-")
-
-    async def fetch_route(self):
-        # Fetch the route into route_path. Returns (result, changed): the last
-        # coapmsg.Result, and whether a new route was written (not on 2.03 or failure).
-        b = self.batch
-        # The request's proof of identity: the report MAC over "vantrack-route:<id>".
-        mac = binascii.hexlify(b._mac.digest(b"vantrack-route:%d" % b.device_id))
-        query = [(_URI_QUERY, b"d=%d" % b.device_id), (_URI_QUERY, b"m=" + mac)]
-        tmp = self.route_path + ".tmp"
-        num = 0
-        first = None
-        f = None
-        try:
-            while True:
-                opts = query + [(_BLOCK2, coapmsg.uint(num << 4 | _SZX))]
-                if self.route_etag and not num:
-                    opts.append((_ETAG, self.route_etag))
-                res = await self.client.request(_GET, _RT, b"", None, opts)
-                if res.decision != coapmsg.DONE or res.code == _VALID:
-                    return res, False
-                b2 = coapmsg.opt(res.options, _BLOCK2)
-                b2 = 0 if b2 is None else coapmsg.to_uint(b2)
-                tag = coapmsg.opt(res.options, _ETAG)
-                if num == 0:
-                    first = tag
-                    if f:
-                        f.close()
-                    f = open(tmp, "wb")
-                elif tag != first or b2 >> 4 != num:
-                    # The route changed between two blocks: start again from block 0.
-                    num = 0
-                    continue
-                f.write(res.payload)  # type: ignore[union-attr]
-                if not b2 & 8:
-                    f.close()  # type: ignore[union-attr]
-                    f = None
-                    os.rename(tmp, self.route_path)
-                    return res, True
-                num += 1
-        finally:
-            if f:
-                f.close()
-
-    async def _idle(self):
-        # Seals the open report once no fix came for _IDLE_SEAL_MS.
-        while True:
-            left = _IDLE_SEAL_MS - time.ticks_diff(time.ticks_ms(), self._last_fix)
-            if left <= 0:
-                try:
-                    self._seal()
-                except MemoryError:
-                    gc.collect()  # the next fix, or the next round here, seals it
-                left = _IDLE_SEAL_MS
-            await asyncio.sleep_ms(left)
-
     async def drain(self, timeout_ms):
-        # Seal what is open and wait (bounded) until everything queued was delivered.
-        self._seal()
+        # Wait (bounded) until the gateway acknowledged everything queued. What is left
+        # stays on flash for the next boot.
         start = time.ticks_ms()
-        while self.queue and time.ticks_diff(time.ticks_ms(), start) < timeout_ms:
+        while self.q.count and time.ticks_diff(time.ticks_ms(), start) < timeout_ms:
+            self.v[_READY] = 1
             await asyncio.sleep_ms(20)
-        return not self.queue
+        return not self.q.count
 
     def stats(self):
-        return {"records": self.records, "acked": self.acked, "reports": self.reports,
-                "dropped": self.dropped, "failures": self.failures,
-                "queued": len(self.queue)}  # fmt: skip
+        q = self.q
+        v = self.v
+        return {"records": v[_RECORDS], "acked": v[_ACKED], "reports": v[_REPORTS],
+                "dropped": v[_DROPPED], "failures": v[_FAILURES], "queued": q.count,
+                "lost": v[_LOST], "writes": q.writes}  # fmt: skip

@@ -1,6 +1,6 @@
 """The van's side of routes, under `micropython -X heapsize=64K` against a real gateway.
 
-tools/mp/route_fetch.py runs the firmware's own CoAP client and `Uplink.fetch_route()`
+tools/mp/route_fetch.py runs the firmware's own CoAP client and `rtfetch.fetch()`
 (block by block, 256-byte Block2, ETag) and reads the file back with `routefile`, as the
 van does after a fetch. What it reads must be what the gateway encoded, fence by fence;
 a second fetch with the ETag costs one 2.03; a wrong key or no route leaves no file.

@@ -18,11 +18,14 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -118,6 +121,8 @@ class SimVan:
         self.sim: subprocess.Popen[bytes] | None = None
         self.fw: subprocess.Popen[bytes] | None = None
         self.restarts = 0  # times the firmware asked for a reset and was started again
+        self.kills = 0  # times kill() cut its power and it was started again
+        self._killed = False
         self.pty_path: str | None = None
         self._sim_stderr: list[str] = []
 
@@ -167,17 +172,53 @@ class SimVan:
         """The firmware's console lines, until it exits.
 
         A firmware that exits with RESTART_EXIT asked for a reset (as machine.soft_reset()
-        on a van): it is started again on the same GPS pty and flash, and its console
-        goes on here."""
+        on a van), and one `kill()`ed had its power cut: either is started again on the
+        same GPS pty and flash, and its console goes on here."""
         while True:
             assert self.fw is not None and self.fw.stdout is not None
             for raw in self.fw.stdout:
                 yield raw.decode(errors="replace").rstrip("\r\n")
-            if self.fw.wait() != RESTART_EXIT:
+            rc = self.fw.wait()
+            if rc != RESTART_EXIT and not self._killed:
                 return
             self.fw.stdout.close()
-            self.restarts += 1
+            if self._killed:
+                self._killed = False
+                self.kills += 1
+            else:
+                self.restarts += 1
             self._start_firmware()
+
+    def kill(self, torn: bytes = b"") -> None:
+        """Cut the van's power: SIGKILL the firmware, wherever it is (a flash write
+        included). `torn` is appended to the newest queue segment afterwards, as a power
+        cut in the middle of writing a record leaves part of it. `console()` starts the
+        firmware again (counted in `kills`)."""
+        assert self.fw is not None
+        self._killed = True
+        self.fw.kill()
+        self.fw.wait()
+        if torn:
+            segs = sorted((int(p.name), p) for p in (self.flash_dir / "q").glob("[0-9]*"))
+            if segs:
+                with open(segs[-1][1], "ab") as f:
+                    f.write(torn)
+
+    def flush(self, timeout: float = 120.0) -> list[str]:
+        """Boot the firmware on a GPS line that says nothing, on the same flash, so it
+        delivers what its queue holds (it exits once the queue is empty or its drain
+        timed out). Returns its console lines."""
+        lines: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            args = ["--gps", "/dev/null", "--flash", str(self.flash_dir), "--exit-on-eof"]
+            proc = mpy.popen(mpy.FIRMWARE_MAIN, args, heap=self.heap,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            lines += out.decode(errors="replace").splitlines()
+            if queue_state(self.flash_dir).pending == 0:
+                break
+        return lines
 
     def fixes(self) -> Iterator[dict[str, Any]]:
         for line in self.console():
@@ -219,6 +260,45 @@ class SimVan:
 
 
 CLI = [sys.executable, "-m", "vantrack.tools.cli"]
+
+# The van's flash queue (firmware/queue.py): 36-byte slots, 32 bytes of fields then
+# their CRC-32, in segment files q/0, q/1...; q/ack holds the tail (4 bytes LE, last
+# complete entry wins).
+QUEUE_SLOT = struct.Struct("<IIiiHHBBBBHiHI")
+
+
+@dataclass
+class QueueState:
+    next_seq: int  # the number the next record would get: records made so far
+    tail: int  # the first record not acknowledged
+    records: list[tuple[int, ...]]  # the valid slots still on flash, by segment order
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for r in self.records if r[0] >= self.tail)
+
+
+def queue_state(flash_dir: os.PathLike[str] | str) -> QueueState:
+    """Read a van's flash queue as the firmware's recovery does (a test oracle)."""
+    qdir = Path(flash_dir) / "q"
+    tail = 0
+    ack = qdir / "ack"
+    if ack.exists():
+        data = ack.read_bytes()
+        n = len(data) // 4 * 4
+        if n:
+            tail = int.from_bytes(data[n - 4 : n], "little")
+    records: list[tuple[int, ...]] = []
+    last = 0
+    for _, path in sorted((int(p.name), p) for p in qdir.glob("[0-9]*")):
+        data = path.read_bytes()
+        for off in range(0, len(data) - QUEUE_SLOT.size + 1, QUEUE_SLOT.size):
+            rec = QUEUE_SLOT.unpack_from(data, off)
+            if zlib.crc32(data[off : off + 32]) != rec[-1]:
+                break
+            records.append(rec[:-1])
+            last = rec[0] + 1
+    return QueueState(max(tail, last), tail, records)
 
 
 def free_udp_port() -> int:

@@ -21,7 +21,6 @@ import micropython
 # Leaf first: a module's own imports come before it.
 ORDER = (
     "asyncio",
-    "asyncio.event",
     "aio",
     "log",
     "config",
@@ -32,6 +31,7 @@ ORDER = (
     "coap",
     "cbor",
     "report",
+    "queue",
     "uplink",
     "fence",
 )

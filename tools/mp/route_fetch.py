@@ -1,5 +1,5 @@
 # Fetch a device's route from a gateway with the firmware's own code (coap.Client and
-# uplink.Uplink.fetch_route), under MicroPython, as the van does it; then read it back
+# rtfetch.fetch), under MicroPython, as the van does it; then read it back
 # with routefile.
 # ruff: noqa: UP031 (MicroPython: %-formatting is the lean choice there)
 #
@@ -9,7 +9,9 @@
 #   read back from PATH with routefile.open_route (fences as lists, ids as hashes), or
 #   null if there is no route file.
 import coap  # isort: skip
+import config  # isort: skip
 import routefile  # isort: skip
+import rtfetch  # isort: skip
 import uplink  # isort: skip
 
 import asyncio
@@ -22,19 +24,16 @@ import sys
 async def main(host, port, device_id, key, path, etag, repeat):
     client = coap.Client(host, port, rx_size=320, tx_size=160)
     flash = path.rsplit("/", 1)[0]
-    cfg = {
-        "device_id": device_id,
-        "key": binascii.hexlify(key).decode(),
-        "report_max_records": 10,
-        "report_max_age_s": 10,
-    }
+    cfg = dict(config.DEFAULTS)
+    cfg["device_id"] = device_id
+    cfg["key"] = binascii.hexlify(key).decode()
     up = uplink.Uplink(cfg, flash, client)
     up.route_path = path
     try:
         for _ in range(repeat):
             sent = client.stats["sent"]
             up.route_etag = etag
-            res, changed = await up.fetch_route()
+            res, changed = await rtfetch.fetch(up)
             tag = None
             for num, value in res.options:
                 if num == 4:
