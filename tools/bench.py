@@ -1,7 +1,7 @@
 """`vantrack bench ...`: speed and memory figures, each beside a reference in the same run.
 
 Benchmarks print figures; tests never assert timings. Each benchmark is a sub-subcommand
-registered in BENCHMARKS (nmea, wire, memory, gateway, geofence).
+registered in BENCHMARKS (nmea, wire, memory, gateway, geofence, soak).
 
   nmea  the firmware NMEA parser under `micropython -X heapsize=64K`: sentences/s and
         heap bytes allocated per sentence (gc.mem_alloc() around the loop, gc disabled),
@@ -16,6 +16,9 @@ registered in BENCHMARKS (nmea, wire, memory, gateway, geofence).
   geofence  the firmware's geofence engine under `micropython -X heapsize=64K`: us and heap
         bytes per fix with 10, 100 and 500 stops, against a naive check-every-fence
         version in the same run; heap bytes per fence (tools/fencebench.py).
+  soak  a whole day (8 GPS hours, a 2-hour dead zone) on one van at 64K: free heap,
+        records and flash writes per hour, errors, and every record stored once at the
+        gateway, against the same day without dead zone (tools/soakbench.py).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
-from . import fencebench, loadgen, membench, mpy, wirebench
+from . import fencebench, loadgen, membench, mpy, soakbench, wirebench
 from .nmeadecode import strip_comments
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,4 +186,5 @@ BENCHMARKS: dict[
     "memory": (membench.setup_bench, membench.run),
     "gateway": (loadgen.setup_bench, loadgen.bench_gateway),
     "geofence": (fencebench.setup_bench, fencebench.run),
+    "soak": (soakbench.setup_bench, soakbench.run),
 }

@@ -806,6 +806,16 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be 1 or more")
+    return value
+
+
 def _start(text: str) -> datetime:
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
@@ -838,6 +848,7 @@ examples:
   vantrack gps-sim tools/routes/urban-round.gpx --pty --rate 5 --speedup 10
   vantrack gps-sim tools/routes/highway-run.gpx --serial /dev/ttyUSB0 --baud 38400
   vantrack gps-sim tools/routes/urban-round.gpx --pty --faults drop=0.01,nofix=30@300 --seed 7
+  vantrack gps-sim tools/routes/urban-round.gpx --pty --fast --repeat 12 --duration 28800
 With --pty the first stdout line is `pty: /dev/pts/N`: open that path to read the NMEA.
 Exit codes: 0 done, 1 output not available, 2 bad route or arguments, 143 terminated."""
 
@@ -874,6 +885,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SECONDS",
         help="stop after SECONDS of simulated time (default: the whole route)",
+    )
+    timing.add_argument(
+        "--repeat",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="drive a GPX/GeoJSON route N times back to back, the clock running on (a "
+        "round that ends where it starts makes a whole day: --repeat 12 --duration 28800); "
+        "lap i has sky and jitter seed SEED+i, nofix times count from the first epoch "
+        "(default 1)",
     )
     drive = p.add_argument_group("driving (GPX/GeoJSON routes)")
     drive.add_argument(
@@ -1029,7 +1050,10 @@ def run(args: argparse.Namespace) -> int:
 def _load_items(
     args: argparse.Namespace, faults: Faults
 ) -> tuple[Iterator[tuple[float, list[bytes], str]], float]:
+    repeat = getattr(args, "repeat", 1)
     if sniff_format(args.route) == "nmea":
+        if repeat != 1:
+            raise ValueError("--repeat applies to GPX/GeoJSON routes, not to a recorded NMEA log")
         log: NmeaLog = load_nmea_log(args.route)
         if faults.outages or faults.jitter_m:
             _warn("nofix and jitter faults do not apply to a replayed NMEA log")
@@ -1041,17 +1065,25 @@ def _load_items(
     route = load_route(args.route)
     for w in route.warnings:
         _warn(w)
-    gen = epochs(
-        route,
-        rate_hz=args.rate,
-        start=args.start,
-        stop_time_s=args.stop_time,
-        speed_kmh=args.speed_kmh,
-        seed=args.seed,
-        alt_default_m=args.altitude,
-        faults=faults,
-    )
-    total = plan_motion(route, args.stop_time, args.speed_kmh).duration_s
+    lap_s = plan_motion(route, args.stop_time, args.speed_kmh).duration_s
+    if repeat == 1:
+        gen = epochs(
+            route,
+            rate_hz=args.rate,
+            start=args.start,
+            stop_time_s=args.stop_time,
+            speed_kmh=args.speed_kmh,
+            seed=args.seed,
+            alt_default_m=args.altitude,
+            faults=faults,
+        )
+        total = lap_s
+    else:
+        gen = _laps(route, args, faults, repeat)
+        # A lap ends at its last epoch, at or just after the arrival; the next one starts
+        # an epoch later.
+        lap_epochs = math.ceil(lap_s * args.rate - 1e-9) + 1
+        total = repeat * lap_epochs / args.rate - 1 / args.rate
     epoch_items = (
         (
             (e.utc - first).total_seconds(),
@@ -1061,6 +1093,36 @@ def _load_items(
         for first, e in _with_first(gen)
     )
     return epoch_items, total
+
+
+def _laps(route: Route, args: argparse.Namespace, faults: Faults, repeat: int) -> Iterator[Epoch]:
+    """`repeat` laps of `route` back to back: each starts one epoch after the last one
+    ended, with seed + lap for its sky and jitter, and the nofix outages that fall in it."""
+    start = args.start or default_start()
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    lap_start = start
+    for lap in range(repeat):
+        offset_s = (lap_start - start).total_seconds()
+        lap_faults = Faults(
+            jitter_m=faults.jitter_m,
+            outages=[(s - offset_s, d) for s, d in faults.outages if s + d > offset_s],
+        )
+        last = None
+        for e in epochs(
+            route,
+            rate_hz=args.rate,
+            start=lap_start,
+            stop_time_s=args.stop_time,
+            speed_kmh=args.speed_kmh,
+            seed=args.seed + lap,
+            alt_default_m=args.altitude,
+            faults=lap_faults,
+        ):
+            last = e
+            yield e
+        assert last is not None
+        lap_start = last.utc + timedelta(milliseconds=round(1000 / args.rate / 10) * 10)
 
 
 def _with_first(gen: Iterator[Epoch]) -> Iterator[tuple[datetime, Epoch]]:
