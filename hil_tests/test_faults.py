@@ -33,7 +33,7 @@ from vantrack.tools.udprelay import UdpRelay
 START = "2026-11-26T08:00:00Z"
 T_START = 848_995_200  # START in GPS seconds (since 2000-01-01)
 EVERY_FIX = {"report_period_s": 1, "report_stopped_period_s": 1, "backlog_pace_ms": 20}
-SPEEDUP = "40"  # urban-round (41 min) in about a minute
+SPEEDUP = "80"  # urban-round (41 min) in about half a minute
 STATUS = 16
 
 
