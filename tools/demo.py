@@ -230,26 +230,30 @@ def run(args: argparse.Namespace) -> int:
                 counts = _store_counts(gateway.db)
                 total = sum(c for c, _ in counts.values())
                 per_van = "  ".join(
-                    f"{name} {counts.get(cfg['device_id'], (0, None))[0]}/{decided[name]}"
+                    f"{name} {counts.get(cfg['device_id'], (0, None))[0]} of {decided[name]}"
                     for name, _, cfg in vans
                 )
                 elapsed = time.monotonic() - started
-                progress.show(f"[{elapsed:6.1f}s] stored {total} positions  |  {per_van}")
+                progress.show(f"[{elapsed:6.1f}s] stored {total} positions (of fixes)  |  "
+                              f"{per_van}")  # fmt: skip
         progress.done()
         counts = _store_counts(gateway.db)
         with sqlite3.connect(gateway.db) as conn:
             q = "SELECT device_id, count(*) FROM events GROUP BY device_id"
             stored_events = dict(conn.execute(q).fetchall())
         print(f"\ndone in {time.monotonic() - started:.1f} s", file=sys.stderr)
-        print(f"{'van':<8}{'decided':>9}{'stored':>9}{'events':>8}{'stored':>8}  firmware",
+        # records: what the van numbered (its flash queue: positions smart reporting
+        # kept, events, status records); every one must be in the store.
+        print(f"{'van':<8}{'fixes':>7}{'records':>9}{'stored':>8}{'events':>8}  firmware",
               file=sys.stderr)  # fmt: skip
         lost = 0
-        for name, _, cfg in vans:
+        for name, van, cfg in vans:
+            made = rig.queue_state(van.flash_dir).next_seq
             got = counts.get(cfg["device_id"], (0, None))[0]
-            got_ev = stored_events.get(cfg["device_id"], 0)
-            lost += max(decided[name] - got, 0) + max(events[name] - got_ev, 0)
+            got += stored_events.get(cfg["device_id"], 0)
+            lost += max(made - got, 0)
             last = stats[name][-1] if stats[name] else ""
-            print(f"{name:<8}{decided[name]:>9}{got:>9}{events[name]:>8}{got_ev:>8}  {last}",
+            print(f"{name:<8}{decided[name]:>7}{made:>9}{got:>8}{events[name]:>8}  {last}",
                   file=sys.stderr)  # fmt: skip
         print(
             f"\nthe store: vantrack positions --db {gateway.db} --limit 5; vantrack events"
