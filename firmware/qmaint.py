@@ -12,10 +12,14 @@ def recover(q):
     # record (the end of the head segment's valid slots: a short or bad slot there is a
     # write a power cut tore, and writing goes on in a fresh segment after it), the
     # cursor and the count of records not acknowledged.
-    segs = [int(n) for n in os.listdir(q.d[:-1]) if n.isdigit()]
-    lo = q.lo = min(segs) if segs else 0
-    hi = q.hi = max(segs) if segs else 0
-    del segs
+    lo = hi = -1
+    for e in os.ilistdir(q.d[:-1]):  # one entry at a time: a full queue has 256 segments
+        if e[0].isdigit():
+            n = int(e[0])
+            lo = n if lo < 0 else min(lo, n)
+            hi = max(hi, n)
+    lo = q.lo = max(lo, 0)
+    hi = q.hi = max(hi, 0)
     tail = 0
     try:
         with open(q.d + "ack", "rb") as f:

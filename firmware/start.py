@@ -52,25 +52,24 @@ def boot(board):
     board.configure(cfg)
     info = board.describe()
     log.info("boot", "start", version=tracker.VERSION, device=cfg["device_name"] or "-", **info)
-    # The heap is packed, not compacted, so the order matters. Code first, in one run
-    # from the bottom of the heap: the route's (routefile goes once the fences are
-    # built, leaving a hole for the garbage of the day) and the uplink's. Then the
-    # uplink's buffers and its queue (reporting comes first: a van must never stop
-    # reporting). The fences are built last, by Tracker.main() once this module and the
-    # configuration are gone, in what is left (a route too large for it is left out).
+    # The heap is packed, not compacted, so the order matters: the uplink first, its
+    # code and then its buffers and queue (reporting comes first: a van must never stop
+    # reporting); the route's fences last, built by Tracker.main() once this module and
+    # the configuration are gone, in what is left (a route too large for it is left out).
     t = tracker.Tracker(board, cfg)
-    try:
-        open(t._path).close()
-        __import__("fence")
-        __import__("routefile")
-    except OSError:
-        pass  # no route yet
     up = None
     if _provisioned(cfg):
-        __import__("coap")
-        __import__("uplink")
-        gc.collect()
-        up = _uplink(cfg, board.flash_dir)
+        try:
+            __import__("coap")
+            __import__("uplink")
+            gc.collect()
+            up = _uplink(cfg, board.flash_dir)
+        except MemoryError:
+            # Never a boot loop: track (and keep the queue on flash) without reporting
+            # rather than not at all; the next boot tries again.
+            up = None
+            gc.collect()
+            log.error("uplink", "no_heap", mem_free=gc.mem_free())
     t.uplink = up
     # The configuration has been read into the objects that use it: let it go.
     board.cfg = cfg = info = None
