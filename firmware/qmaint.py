@@ -73,10 +73,11 @@ def recover(q):
 
 def thin(q):
     # Merges the two oldest segments into the second: every event and status record,
-    # every other position; records already acknowledged go too. Counted in q.dropped.
+    # every other position; records already acknowledged go too. Counted in q.dropped
+    # once the merged segment is in place (a failed write changes nothing).
     a = q.lo
     tmp = q.d + "t"
-    keep = 0
+    keep = gone = 0
     with open(tmp, "wb") as out:
         for s in (a, a + 1):
             f = q._open(s)
@@ -87,15 +88,19 @@ def thin(q):
                 if q.buf[23] == 0:  # a position (event type 0)
                     keep ^= 1
                     if not keep:
-                        q.dropped += 1
-                        q.count -= 1
+                        gone += 1
                         continue
                 out.write(q.buf)
             if f:
                 f.close()
-    q.writes += 1
     os.rename(tmp, q.d + str(a + 1))
-    os.remove(q.d + str(a))
+    q.writes += 1
+    q.dropped += gone
+    q.count = max(0, q.count - gone)
+    try:
+        os.remove(q.d + str(a))
+    except OSError:
+        pass
     q.lo = a + 1
     if q.cs <= a + 1:
         q.cs = a + 1

@@ -170,13 +170,16 @@ class Queue:
         f = self._open(s)
         if f:
             f.seek(self.co)
-        while f:
-            if not self._slot(f):
-                f.close()
-                f = None
-                if s < self.hi:
-                    s += 1
-                    f = self._open(s)
+        while True:
+            if f is None or not self._slot(f):
+                # The segment's end (or a number a failed write left unused): the next.
+                if f:
+                    f.close()
+                    f = None
+                if s >= self.hi:
+                    break
+                s += 1
+                f = self._open(s)
                 continue
             q = self.seq()
             if n and (q != first + n or q in self.done) or not add(self.record()):
@@ -230,15 +233,19 @@ class Queue:
         f = self._open(s)
         if f:
             f.seek(at)
-        while f:
-            at = f.tell()
-            if not self._slot(f):
-                f.close()
-                f = None
-                if s < self.hi:
-                    s += 1
-                    at = 0
-                    f = self._open(s)
+        while True:
+            if f is not None:
+                at = f.tell()
+                if not self._slot(f):
+                    f.close()
+                    f = None
+            if f is None:
+                # The segment's end (or a number a failed write left unused): the next.
+                if s >= self.hi:
+                    break
+                s += 1
+                at = 0
+                f = self._open(s)
                 continue
             q = self.seq()
             if q < self.tail:

@@ -7,7 +7,6 @@
 # (rename is atomic on LittleFS and POSIX), so a power cut or a route replaced
 # mid-transfer never leaves half a route. A route that did not change costs one 2.03.
 import binascii
-import gc
 import os
 
 import coapmsg
@@ -25,27 +24,29 @@ _RT = coapmsg.path("/rt")
 
 
 async def get(up, want):
-    # One attempt for the uplink `up`; a failed one is retried when the next ack names a
-    # newer version (`want`: that version, or True at boot). A route fetched is the
-    # van's from then on (ETag, version), even if the tracker cannot load it now: it is
-    # in flash and loads at the next boot.
+    # One attempt for the uplink `up` (`want`: the version an ack named, or True at
+    # boot). Returns 1 if a new route was written, 2 if the van's is current (2.03), 0
+    # if it failed (retried when the next ack names the version again; the uplink
+    # catches a MemoryError). A route fetched is the van's
+    # from then on (ETag, version), even if the tracker cannot load it now: it is in
+    # flash and loads at the next boot.
     try:
         res, changed = await fetch(up)
-    except (MemoryError, OSError) as e:
+    except OSError as e:
         log.error("route", "fetch_failed", error=repr(e))
-        gc.collect()
-        return
+        return 0
     if res.decision == coapmsg.DONE and want is not True:
         up.route_version = want  # fetched, or 2.03: that version is the van's
     if changed:
         up.route_etag = coapmsg.opt(res.options, _ETAG)
         log.info("route", "fetched")
-        up.on_route(1)
-    elif res.decision == coapmsg.DONE:
-        up.on_route(2)  # 2.03: the route the van has is the one named
-    elif res.code != _NOT_FOUND:
+        return 1
+    if res.decision == coapmsg.DONE:
+        return 2
+    if res.code != _NOT_FOUND:
         code = "-" if res.code is None else coapmsg.code_str(res.code)
         log.warn("route", res.decision, code=code, reason=res.reason or "-")
+    return 0
 
 
 async def fetch(up):

@@ -64,12 +64,12 @@ def boot(board):
             __import__("uplink")
             gc.collect()
             up = _uplink(cfg, board.flash_dir)
-        except MemoryError:
-            # Never a boot loop: track (and keep the queue on flash) without reporting
-            # rather than not at all; the next boot tries again.
+        except (MemoryError, OSError) as e:
+            # Never a boot loop: track without reporting rather than not at all (no heap,
+            # or a flash that will not take the queue); the next boot tries again.
             up = None
             gc.collect()
-            log.error("uplink", "no_heap", mem_free=gc.mem_free())
+            log.error("uplink", "not_started", error=repr(e), mem_free=gc.mem_free())
     t.uplink = up
     # The configuration has been read into the objects that use it: let it go.
     board.cfg = cfg = info = None

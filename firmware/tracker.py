@@ -50,13 +50,15 @@ class Tracker:
         self._rebuild = False  # the fences went for a fetch: build them again at boot
 
     def new_route(self, state):
-        # The uplink is about to fetch a route (state 0), fetched a new one (1), or
-        # found that the van's is current (2). A route is built at boot
-        # (routefile.install), where the heap is at its emptiest, so before a fetch the
-        # fences go (their progress is on flash, saved after every event, and carries over
-        # stop by stop) to leave the fetch room, and once a route is there the van
-        # restarts to build it; what is queued waits on flash meanwhile.
-        if state == 0:
+        # From the uplink's route fetch: -1, it is about to fetch; then 0, it failed; 1,
+        # a new route was fetched; 2, the van's is current (2.03). A route is built at
+        # boot (routefile.install), where the heap is at its emptiest: so for room the
+        # fences go (their progress is on flash, saved after every event, and carries
+        # over stop by stop), and once a new route is there, or the fences went, the van
+        # restarts to build them; what is queued waits on flash meanwhile. (A fetch that
+        # keeps failing while acks get through would restart the van at every ack: the
+        # log says route fetch_failed or the CoAP code each time.)
+        if state < 0:
             if self.geo is not None:
                 self.geo = None
                 sys.modules.pop("fence", None)

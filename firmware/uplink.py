@@ -26,7 +26,7 @@
 #
 # The day's route comes through here too: the same task fetches it (rtfetch.py) at boot
 # and whenever an ack names a route version other than the van's, telling the tracker
-# (on_route) before and after
+# (on_route) before and after.
 # so the tracker rebuilds its fences.
 import asyncio
 import binascii
@@ -78,7 +78,8 @@ _LSPD = const(27)
 _LCRS = const(28)  # course (centidegrees, -1: unknown)
 _LCOS = const(29)  # and cos(latitude) x 1024
 _ACK = const(30)  # the last ack's keys 0..6 (-1: absent)
-_NV = const(37)
+_PROBED = const(37)  # q.next when the queue was last found empty
+_NV = const(38)
 _EVENT_STATUS = const(16)  # the event type of a status record
 # Status causes (docs/wire-format.md).
 _BOOT = const(1)
@@ -136,6 +137,7 @@ class Uplink:
             i += 1
         v[_TH + 4] = v[_DTH + 4] = v[_DTH + 4] * 100 // 36  # km/h -> dm/s
         v[_LT] = v[_LCRS] = -1
+        v[_LCOS] = 1024  # until the first position: cos(0), distances east-west overrated
         # Route: where the tracker keeps it, its ETag and version (set by the tracker),
         # and the tracker's callback once a new one was fetched. At boot, ask (a 2.03 if
         # it did not change); later, the version an ack named.
@@ -160,31 +162,50 @@ class Uplink:
         if q.dropped:
             v[_STATUS] = _THINNED
         if v[_STATUS]:
-            self._put(fix, _EVENT_STATUS, q.count, q.dropped, v[_STATUS])
-            q.dropped = v[_STATUS] = 0
+            try:
+                self._put(fix, _EVENT_STATUS, q.count, q.dropped, v[_STATUS])
+                q.dropped = v[_STATUS] = 0
+            except MemoryError:
+                pass  # still due: it goes with the next record (what is written stays)
         if etype or q.count >= self.batch.max_records or fix.t - v[_SENT_T] >= v[_MAX_AGE]:
             v[_SENT_T] = fix.t
             v[_READY] = 1
 
     def _put(self, fix, etype=0, fence=None, extra=None, route=None):
+        # One record onto the flash queue. A MemoryError means it was not written (one
+        # retry after a collection first); once it is written, nothing here may raise, or
+        # the caller's retry would record it again under a new number.
         v = self.v
         try:
-            self.q.put(fix, etype, fence, extra, route)
+            try:
+                self.q.put(fix, etype, fence, extra, route)
+            except MemoryError:
+                gc.collect()
+                self.q.put(fix, etype, fence, extra, route)
         except OSError as e:
             # The flash refused it (full, failing): this record is lost, the van goes on.
             v[_LOST] += 1
-            log.error("queue", "write_failed", error=repr(e), type=etype, lost=v[_LOST])
+            try:
+                log.error("queue", "write_failed", error=repr(e), type=etype, lost=v[_LOST])
+            except MemoryError:
+                pass
             return
         v[_RECORDS] += 1
         v[_PUT_MS] = time.ticks_ms()  # type: ignore[call-overload]  # an int: < 2**30
         if etype == 0:
-            if v[_LT] < 0 or v[_LLAT] // 10000 != fix.lat // 10000:  # ~1 km: close enough
-                v[_LCOS] = int(1024 * math.cos(math.radians(fix.lat / 1e6)))
+            band = v[_LT] < 0 or v[_LLAT] // 10000 != fix.lat // 10000
             v[_LT] = fix.t
             v[_LLAT] = fix.lat
             v[_LLON] = fix.lon
             v[_LSPD] = fix.speed or 0
-            v[_LCRS] = -1 if fix.course is None else fix.course
+            # A course while stopped is noise: a van pulling away is judged by distance.
+            c = fix.course
+            v[_LCRS] = -1 if c is None or v[_LSPD] < _STOP_MMS else c
+            if band:  # ~1 km of latitude: cos(lat) is good enough until the next band
+                try:
+                    v[_LCOS] = int(1024 * math.cos(math.radians(fix.lat / 1e6)))
+                except MemoryError:
+                    pass  # floats live on the heap: the last factor does meanwhile
 
     def _wanted(self, fix):
         # Whether this fix is to be recorded (smart reporting; integer maths, no
@@ -258,18 +279,28 @@ class Uplink:
         if want and self.on_route:
             # Asked once: a failed fetch is retried when an ack names the version again.
             # The code for it is in the heap only meanwhile (as routefile's), and the
-            # tracker makes room for it first (on_route(0)): see Tracker.new_route.
+            # tracker makes room for it first (on_route(-1): the fences go, see
+            # Tracker.new_route), so that fixes never compete with the fetch for heap.
             self.route_wanted = False
-            self.on_route(0)
+            self.on_route(-1)
+            got = 0
             try:
                 import rtfetch
 
-                await rtfetch.get(self, want)
+                got = await rtfetch.get(self, want)
+            except MemoryError as e:
+                log.error("route", "fetch_failed", error=repr(e))
             finally:
                 sys.modules.pop("rtfetch", None)
+                gc.collect()
+            self.on_route(got)
         q = self.q
         b = self.batch
         v = self.v
+        if not q.count and q.next > q.tail + len(q.done) and v[_PROBED] != q.next:
+            # The count can only be low after a thinning overlapped a report in flight:
+            # look once per new record whether something is left to send.
+            q.count = 1
         if q.count and time.ticks_diff(time.ticks_ms(), v[_PUT_MS]) >= _IDLE_MS:
             v[_READY] = 1  # records wait and the GPS went quiet
         if not q.count or q.count < b.max_records and not v[_READY]:
@@ -284,6 +315,7 @@ class Uplink:
         first, n = self.build()
         if not n:
             q.count = 0  # nothing left on flash to send
+            v[_PROBED] = q.next
             await asyncio.sleep_ms(_POLL_MS)
             return delay
         res = await self.client.post(_PATH, b.seal())
