@@ -150,7 +150,8 @@ def test_a_route_replaced_mid_round_keeps_the_stops_already_served(van, gateway,
     with second:
         lines2 = list(second.console())
         assert second.wait(120) == 0, lines2[-10:]
-    assert second.restarts == 1, [ln for ln in lines2 if ln[:2] in ("E ", "W ") or "route" in ln]  # the first ack named version 2: fetched, restarted to build it
+    # The first ack named version 2: fetched, restarted to build it.
+    assert second.restarts == 1, [ln for ln in lines2 if ln[:2] in ("E ", "W ") or "route" in ln]
     assert "I route loaded version=2 stops=11 fences=12" in lines2
     # Stop ids, as the gateway maps each event's fence number through its own version.
     proc = subprocess.run([*rig.CLI, "events", "--device", "van-r", "--json", *db],
