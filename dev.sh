@@ -54,8 +54,9 @@ setup() {
 }
 
 system_test_deps() {
-  # Real peers the test suite talks to over loopback: libcoap's coap-client/-server.
-  apt_install libcoap3-bin
+  # Real peers the test suite talks to over loopback: libcoap's coap-client/-server and
+  # the mosquitto MQTT broker (started by the fixtures on free ports, never as a service).
+  apt_install libcoap3-bin mosquitto
 }
 
 cmd=${1:-}

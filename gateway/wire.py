@@ -96,6 +96,26 @@ def event_name(code: int) -> str:
         return f"event_{code}"
 
 
+# The type-specific value (extra key 7) by name, per event type (docs/geofencing.md).
+VALUE_NAMES = {
+    EventType.ARRIVED: "inside_s",
+    EventType.DEPARTED: "dwell_s",
+    EventType.ROUTE_STARTED: "outside_s",
+    EventType.ROUTE_FINISHED: "inside_s",
+    EventType.OUT_OF_SEQUENCE: "expected",
+    EventType.ZONE_ENTER: "inside_s",
+    EventType.ZONE_EXIT: "dwell_s",
+}
+
+
+# Status records' keys by name (event type 16, docs/wire-format.md).
+STATUS_NAMES = {
+    StatusKey.DROPPED: "dropped",
+    StatusKey.QUEUED: "queued",
+    StatusKey.CAUSE: "cause",
+}
+
+
 class WireError(ValueError):
     """A payload that is not a valid report. `reason` is a short code for counters/logs."""
 
