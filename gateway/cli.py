@@ -1,5 +1,5 @@
-"""Gateway commands: `vantrack gateway`, `devices`, `route`, `positions`, `events`, `stops`,
-`decode`.
+"""Gateway commands: `vantrack gateway`, `devices`, `route`, `sinks`, `positions`, `events`,
+`stops`, `decode`.
 
 Each handler builds the configuration once (TOML file + flags, gateway/config.py) and
 hands it down. A bad configuration is one line on stderr and exit code 2, as is a route
@@ -38,8 +38,10 @@ from .store import (
     Store,
     StoreError,
     from_ms,
+    now_ms,
     to_ms,
 )  # fmt: skip
+from .wire import STATUS_NAMES, VALUE_NAMES
 
 EXIT_CONFIG = 2
 EXIT_BAD_ROUTE = 2
@@ -82,6 +84,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--busy-timeout-ms", type=int, metavar="MS",
         help="how long a write waits for a database lock before 5.03 (default 2000)",
+    )  # fmt: skip
+    p.add_argument(
+        "--metrics-port", type=int, metavar="PORT",
+        help="serve Prometheus metrics on http://[metrics.bind]:PORT/metrics (default: off)",
     )  # fmt: skip
     p.add_argument("--log-format", choices=configmod.LOG_FORMATS, help="kv (default) or json")
     p.add_argument("--log-level", choices=configmod.LOG_LEVELS, help="default info")
@@ -149,6 +155,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rep.set_defaults(func=cmd_devices_reporting)
 
     _register_route(sub)
+    _register_sinks(sub)
 
     for kind in ("positions", "events"):
         q = sub.add_parser(
@@ -316,6 +323,54 @@ def _register_route(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rm.set_defaults(func=cmd_route_rm)
 
 
+SINKS_HELP = """\
+The backends the gateway relays to ([[sink]] tables in its TOML file, docs/sinks.md):
+MQTT brokers, webhooks, Traccar. Every record stored enters the outbox of each enabled
+sink that takes it, in the same transaction, and leaves it once the backend has it.
+These commands read and change the outboxes in the database; they work while the
+gateway runs (it notices within a second) and while it is stopped.
+"""
+
+
+def _register_sinks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser(
+        "sinks", help="relays to MQTT, webhooks, Traccar: status, replay, enable",
+        description=SINKS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    ssub = s.add_subparsers(dest="sinks_cmd", metavar="ACTION", required=True)
+    st = ssub.add_parser(
+        "status", help="per sink: enabled, pending, oldest pending, delivered, last error",
+        description="One line per sink the gateway was ever configured with: whether it "
+        "relays (or why not), records pending in its outbox and the age of the oldest, "
+        "records delivered, the last delivery and the last error.",
+    )  # fmt: skip
+    st.add_argument("--json", action="store_true", help="one JSON object per sink")
+    _config_args(st)
+    st.set_defaults(func=cmd_sinks_status)
+    rp = ssub.add_parser(
+        "replay", help="deliver stored records to a sink again",
+        description="Put the records the gateway stored (received) since T into SINK's "
+        "outbox again, in the order they were stored, filtered by the sink's filter. "
+        "Records still pending stay where they are. Receivers see the same idempotency "
+        "keys as the first time (deduplicating receivers will drop them). T is ISO-8601 "
+        "or a time ago: 30s, 10m, 2h, 1d.",
+    )  # fmt: skip
+    rp.add_argument("sink", metavar="SINK", help="sink name (see `vantrack sinks status`)")
+    rp.add_argument("--since", metavar="T", required=True, help="stored at or after T")
+    rp.add_argument("--until", metavar="T", help="stored before T (default: now)")
+    rp.add_argument("--device", metavar="NAME|ID", help="only this device's records")
+    _config_args(rp)
+    rp.set_defaults(func=cmd_sinks_replay)
+    en = ssub.add_parser(
+        "enable", help="resume a sink the gateway disabled after failing too long",
+        description="Clear a sink disabled by the gateway (failing for retry_for_s, or its "
+        "backend answered that it is gone); its outbox, kept meanwhile, is delivered.",
+    )  # fmt: skip
+    en.add_argument("sink", metavar="SINK", help="sink name")
+    _config_args(en)
+    en.set_defaults(func=cmd_sinks_enable)
+
+
 # ---- shared ----------------------------------------------------------------------------
 class _Exit(Exception):
     def __init__(self, code: int, message: str) -> None:
@@ -423,12 +478,134 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             "gateway.port": args.port,
             "gateway.max_report_bytes": args.max_report_bytes,
             "gateway.busy_timeout_ms": args.busy_timeout_ms,
+            "metrics.port": args.metrics_port,
             "log.format": args.log_format,
             "log.level": args.log_level,
         },
     )
     log.setup(cfg.log)
     return server.run(cfg)
+
+
+# ---- sinks -----------------------------------------------------------------------------
+def _age(ms: int | None, now: int) -> str:
+    """A duration as 45s, 12m05s, 3h02m, 2d04h."""
+    if ms is None:
+        return "-"
+    s = max(0, (now - ms) // 1000)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _sink_state(st: Any) -> str:
+    if not st.configured:
+        return "no: not in the config"
+    if not st.enabled:
+        return "no: enabled = false"
+    if st.disabled_ms is not None:
+        return f"DISABLED {_iso_s(st.disabled_ms)}"
+    if st.failing_since_ms is not None:
+        return "yes, failing"
+    return "yes"
+
+
+@_handler
+def cmd_sinks_status(args: argparse.Namespace) -> int:
+    from .outbox import Outbox
+
+    with contextlib.closing(_open(_config(args))) as store:
+        states = Outbox(store).status()
+    now = now_ms()
+    if args.json:
+        for st in states:
+            print(
+                json.dumps(
+                    {
+                        "sink": st.name, "type": st.type, "target": st.target,
+                        "enabled": st.active, "configured": st.configured,
+                        "disabled": None if st.disabled_ms is None else _iso_s(st.disabled_ms),
+                        "disabled_reason": st.disabled_reason,
+                        "pending": st.pending,
+                        "oldest_pending_s": None if st.oldest_pending_ms is None
+                        else max(0, now - st.oldest_pending_ms) / 1000,
+                        "delivered": st.delivered,
+                        "last_delivered": None if st.last_delivered_ms is None
+                        else _iso_s(st.last_delivered_ms),
+                        "failing_since": None if st.failing_since_ms is None
+                        else _iso_s(st.failing_since_ms),
+                        "last_error": st.last_error,
+                        "last_error_at": None if st.last_error_ms is None
+                        else _iso_s(st.last_error_ms),
+                    }
+                )
+            )  # fmt: skip
+        return 0
+    if not states:
+        print("no sinks: add [[sink]] tables to the gateway's config (docs/sinks.md)")
+        return 0
+    _table(
+        ["sink", "type", "enabled", "pending", "oldest", "delivered", "last delivery",
+         "last error"],
+        (
+            [
+                st.name, st.type, _sink_state(st), str(st.pending),
+                _age(st.oldest_pending_ms, now), str(st.delivered),
+                _iso_s(st.last_delivered_ms),
+                "-" if st.last_error is None
+                else f"{_age(st.last_error_ms, now)} ago: {st.last_error[:70]}",
+            ]
+            for st in states
+        ),
+        right={3, 4, 5},
+    )  # fmt: skip
+    for st in states:
+        if st.disabled_reason:
+            print(f"{st.name} was disabled: {st.disabled_reason}")
+            print(f"  resume with: vantrack sinks enable {st.name}")
+    return 0
+
+
+@_handler
+def cmd_sinks_replay(args: argparse.Namespace) -> int:
+    from .outbox import Outbox
+
+    since = parse_time(args.since)
+    until = None if args.until is None else parse_time(args.until)
+    with contextlib.closing(_open(_config(args))) as store:
+        device = None if args.device is None else _resolve(store, args.device).id
+        try:
+            queued, pending = Outbox(store).replay(args.sink, since, until, device)
+        except KeyError:
+            names = ", ".join(st.name for st in Outbox(store).status()) or "none"
+            return _fail(1, f"no sink {args.sink!r} (sinks: {names})")
+    print(
+        f"queued {_plural(queued, 'record')} for {args.sink} (stored since {_iso_s(since)})"
+        + (f"; {pending} already pending" if pending else "")
+    )
+    return 0
+
+
+@_handler
+def cmd_sinks_enable(args: argparse.Namespace) -> int:
+    from .outbox import Outbox
+
+    with contextlib.closing(_open(_config(args))) as store:
+        box = Outbox(store)
+        before = {st.name: st for st in box.status()}
+        if args.sink not in before:
+            return _fail(1, f"no sink {args.sink!r} (sinks: {', '.join(before) or 'none'})")
+        box.enable(args.sink)
+    st = before[args.sink]
+    if st.disabled_ms is None:
+        print(f"{args.sink} was not disabled; {st.pending} pending")
+    else:
+        print(f"{args.sink} enabled again; {st.pending} pending will be delivered")
+    return 0
 
 
 # ---- devices ---------------------------------------------------------------------------
@@ -829,26 +1006,6 @@ def _jsonable(v: Any) -> Any:
     if v is None or isinstance(v, bool | int | float | str):
         return v
     return repr(v)
-
-
-# The type-specific value (extra key 7) by name, per event type (docs/geofencing.md).
-VALUE_NAMES = {
-    wire.EventType.ARRIVED: "inside_s",
-    wire.EventType.DEPARTED: "dwell_s",
-    wire.EventType.ROUTE_STARTED: "outside_s",
-    wire.EventType.ROUTE_FINISHED: "inside_s",
-    wire.EventType.OUT_OF_SEQUENCE: "expected",
-    wire.EventType.ZONE_ENTER: "inside_s",
-    wire.EventType.ZONE_EXIT: "dwell_s",
-}
-
-
-# Status records' keys by name (event type 16, docs/wire-format.md).
-STATUS_NAMES = {
-    wire.StatusKey.DROPPED: "dropped",
-    wire.StatusKey.QUEUED: "queued",
-    wire.StatusKey.CAUSE: "cause",
-}
 
 
 class _FenceIds:

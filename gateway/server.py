@@ -19,10 +19,14 @@ the route changed between blocks.
 Every rejection is counted by reason and logged as one structured line, as is every
 route served; the counters are logged periodically and at shutdown.
 
+Relaying: the same transaction puts each new record into the outbox of every enabled
+sink that takes it (gateway/outbox.py); after the commit the relays are woken. The
+Prometheus endpoint, when configured, is started here (gateway/metrics.py).
+
 What it does not do: decoding rules (gateway/wire.py, gateway/route.py), SQL
-(gateway/store.py), relaying to MQTT/webhooks (later issues). aiocoap does message
-deduplication and retransmission; this module only holds the resources and the
-service's start and stop.
+(gateway/store.py), delivery to backends (gateway/outbox.py, gateway/sinks/). aiocoap
+does message deduplication and retransmission; this module only holds the resources and
+the service's start and stop.
 """
 
 from __future__ import annotations
@@ -43,9 +47,10 @@ import aiocoap.resource
 import cbor2
 from aiocoap.numbers import ContentFormat
 
-from . import route, wire
+from . import metrics, route, wire
 from .config import Config
 from .log import emit
+from .outbox import Relays
 from .store import MAX_DEVICE_ID, StoreError, UnstorableReport, Writer, now_ms, report_rows
 
 REPORT_PATH = ("r",)
@@ -170,13 +175,16 @@ class ReportResource(_Resource):
     """`/r`: one report per POST."""
 
     def __init__(
-        self, cfg: Config, writer: Writer, counters: Counters, decoder: Executor | None = None
-    ) -> None:
+        self, cfg: Config, writer: Writer, counters: Counters, decoder: Executor | None = None,
+        relays: Relays | None = None,
+    ) -> None:  # fmt: skip
         self.decoder = decoder
+        self.relays = relays
         super().__init__(cfg, writer, counters)
 
     async def _render(self, request: aiocoap.Message) -> aiocoap.Message:
         code = aiocoap.numbers.codes.Code
+        self.counters.add("reports_received")
         if request.code != code.POST:
             return self._reject(
                 request, code.METHOD_NOT_ALLOWED, "method", f"{request.code} (POST only)"
@@ -219,10 +227,13 @@ class ReportResource(_Resource):
             positions, events = report_rows(report, received)
         except UnstorableReport as e:
             return self._reject(request, code.BAD_REQUEST, "range", str(e), device)
+        targets = self.relays.targets if self.relays is not None else ()
         try:
-            saved = await self.writer.save(device, positions, events, received)
+            saved = await self.writer.save(device, positions, events, received, targets)
         except StoreError as e:
             return self._unavailable(request, device, str(e))
+        if self.relays is not None and saved.new_records:
+            self.relays.stored()
         n = len(report.records)
         self.counters.add("reports_stored")
         self.counters.add("records_stored", saved.new_records)
@@ -387,12 +398,20 @@ async def serve(cfg: Config, stop: asyncio.Event, counters: Counters | None = No
     decoder: ProcessPoolExecutor | None = None
     context: aiocoap.Context | None = None
     stats: asyncio.Task[None] | None = None
+    relays: Relays | None = None
+    endpoint: metrics.Endpoint | None = None
     try:
         if g.decode_workers:
             decoder = await _start_decoder(g.decode_workers)
         await writer.open()
+        if cfg.sinks:
+            relays = Relays(cfg.sinks, g.fleet, g.db, g.busy_timeout_ms)
+            await relays.start()
+        if cfg.metrics.port:
+            endpoint = metrics.start(cfg.metrics, counters, relays)
+            emit(log, "metrics_started", bind=cfg.metrics.bind, port=endpoint.port)
         site = aiocoap.resource.Site()
-        site.add_resource(REPORT_PATH, ReportResource(cfg, writer, counters, decoder))
+        site.add_resource(REPORT_PATH, ReportResource(cfg, writer, counters, decoder, relays))
         site.add_resource(ROUTE_PATH, RouteResource(cfg, writer, counters))
         context = await aiocoap.Context.create_server_context(site, bind=(g.bind, g.port))
         emit(log, "gateway_started", bind=g.bind, port=g.port, db=str(g.db))
@@ -407,6 +426,10 @@ async def serve(cfg: Config, stop: asyncio.Event, counters: Counters | None = No
                 await stats
         if context is not None:
             await context.shutdown()
+        if relays is not None:
+            await relays.stop()
+        if endpoint is not None:
+            endpoint.stop()
         await writer.close()
         if decoder is not None:
             decoder.shutdown(cancel_futures=True)
@@ -426,6 +449,10 @@ def run(cfg: Config) -> int:
         except StoreError as e:
             emit(log, "start_failed", logging.ERROR, reason="store", detail=str(e))
             print(f"vantrack gateway: cannot open the store: {e}", file=sys.stderr)
+            return 1
+        except metrics.MetricsError as e:
+            emit(log, "start_failed", logging.ERROR, reason="metrics", detail=str(e))
+            print(f"vantrack gateway: {e}", file=sys.stderr)
             return 1
         except OSError as e:
             emit(log, "start_failed", logging.ERROR, reason="socket", detail=str(e))

@@ -64,11 +64,12 @@ import cbor2
 from . import wire
 from .route import decode as decode_route
 from .route import etag as route_etag
+from .sinks import Filter
 
 # Type-specific event keys (docs/wire-format.md "7 and up"; firmware/report.py add_event).
 EXTRA_VALUE = 7  # arrived: s inside; departed: dwell s; out_of_sequence: expected stop no.
 EXTRA_ROUTE = 8  # the route version the fence number belongs to
-SCHEMA_VERSION = 3  # 2: routes, route_history; 3: reporting, queue indexes
+SCHEMA_VERSION = 4  # 2: routes, route_history; 3: reporting, queue indexes; 4: outbox
 STATUS = int(wire.EventType.STATUS)
 MAX_DEVICE_ID = 0xFFFFFFFF
 _INT64 = (-(2**63), 2**63 - 1)
@@ -138,6 +139,37 @@ CREATE TABLE IF NOT EXISTS reporting (
 CREATE INDEX IF NOT EXISTS events_status ON events (device_id, seq) WHERE type = {STATUS};
 CREATE INDEX IF NOT EXISTS positions_received ON positions (device_id, received_ms);
 CREATE INDEX IF NOT EXISTS events_received ON events (device_id, received_ms);
+-- Relaying (gateway/outbox.py, docs/sinks.md): each configured sink, and its outbox.
+CREATE TABLE IF NOT EXISTS sinks (
+    name              TEXT PRIMARY KEY,
+    type              TEXT NOT NULL,
+    target            TEXT NOT NULL,       -- where it delivers, without secrets
+    filter            TEXT NOT NULL,       -- JSON: what it takes (for `sinks replay`)
+    configured        INTEGER NOT NULL,    -- 1: in the config the gateway last started with
+    enabled           INTEGER NOT NULL,    -- 0: `enabled = false` in that config
+    disabled_ms       INTEGER,             -- set: the relay gave up (failing too long, 410)
+    disabled_reason   TEXT,
+    failing_since_ms  INTEGER,             -- first failure since the last delivery
+    last_error        TEXT,
+    last_error_ms     INTEGER,
+    delivered         INTEGER NOT NULL DEFAULT 0,
+    last_delivered_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id         INTEGER PRIMARY KEY,        -- the order records were stored in
+    sink       TEXT NOT NULL,
+    device_id  INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,           -- the record: positions or events (device_id, seq)
+    created_ms INTEGER NOT NULL,           -- when it entered the outbox
+    UNIQUE (sink, device_id, seq)
+);
+CREATE INDEX IF NOT EXISTS outbox_sink ON outbox (sink, id);
+CREATE TABLE IF NOT EXISTS sink_latest (  -- newest device time relayed per sink and van
+    sink      TEXT NOT NULL,
+    device_id INTEGER NOT NULL,
+    time_ms   INTEGER NOT NULL,
+    PRIMARY KEY (sink, device_id)
+) WITHOUT ROWID;
 """
 
 PositionRow = tuple[int, int, int, int, int, int | None, int | None, int | None, int | None, int]
@@ -208,6 +240,59 @@ def report_rows(report: wire.Report, received_ms: int) -> tuple[list[PositionRow
                  fence, _int("hdop", r.hdop_x10), _int("sats", r.sats), extra, received_ms)
             )  # fmt: skip
     return positions, events
+
+
+@dataclass(frozen=True)
+class Target:
+    """A sink records are queued for as they are stored: its name and what it takes."""
+
+    name: str
+    filter: Filter
+
+
+def enqueue(
+    conn: sqlite3.Connection, device_id: int, positions: Sequence[PositionRow],
+    events: Sequence[EventRow], received_ms: int, targets: Sequence[Target],
+) -> int:  # fmt: skip
+    """Within the report's transaction, before its rows are inserted: put the records
+    not stored before into the outbox of each target whose filter takes them, in seq
+    order. Records already stored (a repeated report) were queued when they first came.
+    Returns the number of outbox rows."""
+    seqs = sorted({r[1] for r in positions} | {r[1] for r in events})
+    if not seqs:
+        return 0
+    marks = ",".join("?" * len(seqs))
+    old = {
+        seq
+        for (seq,) in conn.execute(
+            f"SELECT seq FROM positions WHERE device_id = ? AND seq IN ({marks}) UNION"
+            f" SELECT seq FROM events WHERE device_id = ? AND seq IN ({marks})",
+            (device_id, *seqs, device_id, *seqs),
+        )
+    }
+    kinds: dict[int, int | None] = {r[1]: r[3] for r in reversed(events)}  # seq -> type
+    for r in reversed(positions):  # INSERT OR IGNORE keeps the first of a repeated seq
+        kinds[r[1]] = None
+    name: str | None = None
+    if any(t.filter.devices for t in targets):
+        row = conn.execute("SELECT name FROM devices WHERE id = ?", (device_id,)).fetchone()
+        name = None if row is None else row[0]
+    rows = []
+    for t in targets:
+        if not t.filter.takes_device(device_id, name):
+            continue
+        for seq in seqs:
+            if seq in old:
+                continue
+            etype = kinds[seq]
+            if t.filter.positions if etype is None else t.filter.takes_event(etype):
+                rows.append((t.name, device_id, seq, received_ms))
+    rows.sort(key=lambda r: r[2])  # seq order within the report, across sinks
+    conn.executemany(
+        "INSERT OR IGNORE INTO outbox (sink, device_id, seq, created_ms) VALUES (?, ?, ?, ?)",
+        rows,
+    )
+    return len(rows)
 
 
 @dataclass(frozen=True)
@@ -483,12 +568,15 @@ class Store:
     # ---- records ---------------------------------------------------------------------
     def save(
         self, device_id: int, positions: Sequence[PositionRow], events: Sequence[EventRow],
-        received_ms: int,
+        received_ms: int, targets: Sequence[Target] = (),
     ) -> Saved:  # fmt: skip
-        """Store one report's rows in one transaction; raises StoreError, having rolled
-        back, if anything fails."""
+        """Store one report's rows in one transaction, and put every record not stored
+        before into the outbox of each target whose filter takes it (gateway/outbox.py);
+        raises StoreError, having rolled back, if anything fails."""
         try:
             with self._transaction():
+                if targets:
+                    enqueue(self.conn, device_id, positions, events, received_ms, targets)
                 before = self.conn.total_changes
                 if positions:
                     self.conn.executemany(
@@ -767,9 +855,9 @@ class Writer:
 
     async def save(
         self, device_id: int, positions: list[PositionRow], events: list[EventRow],
-        received_ms: int,
+        received_ms: int, targets: Sequence[Target] = (),
     ) -> Saved:  # fmt: skip
-        saved: Saved = await self._run("save", device_id, positions, events, received_ms)
+        saved: Saved = await self._run("save", device_id, positions, events, received_ms, targets)
         return saved
 
     async def route(self, device_id: int) -> StoredRoute | None:
