@@ -24,7 +24,6 @@ import base64
 import json
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -33,10 +32,8 @@ from typing import Any
 from standardwebhooks.webhooks import Webhook
 
 from vantrack.tools import rig
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from http_receiver import HttpReceiver, free_tcp_port  # noqa: E402
-from mosquitto import Mosquitto, Subscriber  # noqa: E402
+from vantrack.tools.http_receiver import HttpReceiver, free_tcp_port
+from vantrack.tools.mosquitto import Mosquitto, Subscriber
 
 START = "2026-11-26T08:00:00Z"
 T_START = 848_995_200  # START in GPS seconds (since 2000-01-01)

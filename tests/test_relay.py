@@ -21,12 +21,12 @@ from typing import Any
 import aiocoap
 import pytest
 from gateway_fixture import Device, post, report
-from http_receiver import HttpReceiver, free_tcp_port
 from osmand_server import OsmAndServer
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook
 
 from vantrack.tools import rig
+from vantrack.tools.http_receiver import HttpReceiver, free_tcp_port
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 FAST = "backoff_min_s = 0.05\nbackoff_max_s = 0.5\n"

@@ -22,13 +22,13 @@ from typing import Any, TypeVar
 import cbor2
 import paho.mqtt.client as paho
 import pytest
-from mosquitto import Message, Mosquitto, Subscriber, free_tcp_port
 from paho.mqtt.enums import CallbackAPIVersion
 
 from vantrack.gateway import wire
 from vantrack.gateway.sinks import SinkConfigError, SinkError, sink_class
 from vantrack.gateway.sinks.base import EXTRA_VALUE, Record
 from vantrack.gateway.sinks.mqtt import MqttConfig, MqttSink
+from vantrack.tools.mosquitto import Message, Mosquitto, Subscriber, free_tcp_port
 
 FLEET = "north"
 T_MS = 1_790_000_000_000  # 2026-09-21

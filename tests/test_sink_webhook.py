@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_receiver import HttpReceiver, free_tcp_port
 from standardwebhooks.webhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError as StdVerificationError
 
@@ -36,6 +35,7 @@ from vantrack.gateway.sinks.webhook import (
     sign,
     verify,
 )
+from vantrack.tools.http_receiver import HttpReceiver, free_tcp_port
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(bytes(range(100, 132))).decode()

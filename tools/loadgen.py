@@ -13,15 +13,21 @@ SQLite), p50/p99 latency of the acknowledged ones, and loss: requests without an
 within `timeout` (aiocoap retransmits meanwhile). Other answers (4.xx/5.xx) are errors.
 
 `vantrack bench gateway` runs the real gateway as its own process (`vantrack gateway`
-via the CLI, waiting for its "listening" line), then the floor: a bare aiocoap resource
-in its own process that stores nothing and answers 2.04 at once. Everything it starts is
-stopped on the way out, whatever happens.
+via the CLI, waiting for its "listening" line), then the same gateway relaying to an MQTT
+sink (Debian's mosquitto, started here) and a webhook sink (tools/http_receiver.py),
+then the floor: a bare aiocoap resource in its own process that stores nothing and
+answers 2.04 at once. With sinks, it also measures the relay: how long the outboxes take
+to empty after the load stops, and the end-to-end rate (records stored and delivered to
+every sink, per second of load plus drain). Everything it starts is stopped on the way
+out, whatever happens.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import itertools
 import secrets
 import signal
@@ -202,11 +208,15 @@ async def _floor(bind: str, port: int) -> None:
 def setup_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str) -> None:
     p = sub.add_parser(
         name,
-        help="gateway reports/s, p50/p99 latency and loss vs a bare aiocoap resource",
+        help="gateway reports/s, p50/p99 latency and loss; with MQTT and webhook sinks; "
+        "vs a bare aiocoap resource",
         description="Run `vantrack gateway` in its own process on loopback with a temporary "
         "store and N registered vans, drive it with valid reports from the load generator "
-        "(tools/loadgen.py), then the same load against a bare aiocoap resource that stores "
-        "nothing (the floor). Prints reports/s committed (2.04), p50/p99 latency and loss.",
+        "(tools/loadgen.py); then the same with an MQTT sink (a mosquitto started here) and "
+        "a webhook sink (a local HTTP receiver), measuring also how long the outboxes take "
+        "to drain and the end-to-end rate; then the same load against a bare aiocoap "
+        "resource that stores nothing (the floor). Prints reports/s committed (2.04), "
+        "p50/p99 latency and loss.",
     )
     p.add_argument("--devices", type=int, default=100, help="virtual vans (default 100)")
     p.add_argument("--seconds", type=float, default=10.0, help="per run (default 10)")
@@ -216,6 +226,9 @@ def setup_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: 
         help="requests in flight, one UDP endpoint each (default 16)",
     )  # fmt: skip
     p.add_argument("--timeout", type=float, default=5.0, help="a request is lost after (5 s)")
+    p.add_argument(
+        "--no-sinks", action="store_true", help="skip the run with MQTT and webhook sinks"
+    )
     p.set_defaults(func=bench_gateway)
 
 
@@ -246,6 +259,11 @@ def bench_gateway(args: argparse.Namespace) -> int:
                 vans, **kw)))  # type: ignore[arg-type]  # fmt: skip
         with sqlite3.connect(db) as conn:
             committed = conn.execute("SELECT count(*) FROM positions").fetchone()[0]
+        relay: Relayed | None = None
+        if not args.no_sinks:
+            relay = _with_sinks(Path(tmp), args, kw, log)
+            if relay is not None:
+                results.append(relay.result)
         port = free_udp_port()
         print("  starting the floor (bare aiocoap resource) ...", file=sys.stderr, flush=True)
         floor_cmd = [*FLOOR, "--bind", "127.0.0.1", "--port", str(port)]
@@ -266,6 +284,20 @@ def bench_gateway(args: argparse.Namespace) -> int:
     gw = results[0]
     print(f"\ngateway: {committed} positions in the store after the run "
           f"({gw.ok} reports x {args.records} acknowledged = {gw.ok * args.records}).")  # fmt: skip
+    if relay is not None:
+        e2e = relay.records / (relay.result.seconds + relay.drain_s)
+        alone = gw.rate * args.records
+        print(
+            f"with sinks: {relay.records} records stored, delivered {relay.delivered}; the "
+            f"outboxes held {relay.at_end} deliveries when the load stopped and drained in "
+            f"{relay.drain_s:.1f} s ({relay.at_end / max(relay.drain_s, 1e-3):,.0f} deliveries/s "
+            f"with no load coming in).\nEnd to end "
+            f"(stored and delivered to every sink): {e2e:,.0f} records/s, against "
+            f"{alone:,.0f} records/s stored with SQLite only ({e2e / max(1.0, alone):.2f}x)."
+        )
+        if relay.pending:
+            print(f"bench gateway: {relay.pending} records still pending!", file=sys.stderr)
+            return 1
     for line in problems[:5]:
         print(f"gateway error: {line}", file=sys.stderr)
     # Lost requests may still have been committed (the answer came too late), so the
@@ -274,6 +306,66 @@ def bench_gateway(args: argparse.Namespace) -> int:
         print("bench gateway: fewer positions stored than acknowledged!", file=sys.stderr)
         return 1
     return 0
+
+
+@dataclass
+class Relayed:
+    result: Result
+    records: int  # records stored in that run
+    delivered: dict[str, int]  # per sink, from the sinks table
+    drain_s: float  # load end to every outbox empty
+    pending: int  # left when the drain timed out (0: all delivered)
+    at_end: int  # outbox rows (all sinks) when the load stopped
+
+
+def _with_sinks(
+    tmp: Path, args: argparse.Namespace, kw: dict[str, object], log: Path
+) -> Relayed | None:
+    """The gateway with an MQTT sink (mosquitto) and a webhook sink (an HTTP receiver)."""
+    from vantrack.tools.http_receiver import HttpReceiver, free_tcp_port
+    from vantrack.tools.mosquitto import Mosquitto, mosquitto_binary
+
+    db = tmp / "sinks.db"
+    vans = _keys(db, register_vans(db, args.devices))
+    sinks = ""
+    with contextlib.ExitStack() as stack:
+        if mosquitto_binary() is None:
+            print("  no mosquitto (apt-get install mosquitto): the MQTT sink is left out",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            broker = stack.enter_context(Mosquitto())
+            sinks += f'[[sink]]\ntype = "mqtt"\nname = "mqtt"\nurl = "{broker.url}"\n'
+        rx = stack.enter_context(HttpReceiver(free_tcp_port(), tmp / "hooks.jsonl", "--no-sync"))
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        sinks += (f'[[sink]]\ntype = "webhook"\nname = "webhook"\nurl = "{rx.url}/hook"\n'
+                  f'secret = "{secret}"\n')  # fmt: skip
+        cfg = tmp / "sinks.toml"
+        cfg.write_text(sinks)
+        port = free_udp_port()
+        cmd = [*CLI, "gateway", "--bind", "127.0.0.1", "--port", str(port), "--db", str(db),
+               "--config", str(cfg), "--log-level", "warning"]  # fmt: skip
+        print("  starting vantrack gateway with MQTT and webhook sinks ...", file=sys.stderr,
+              flush=True)  # fmt: skip
+        with server_process(cmd, "gateway listening on", log):
+            result = asyncio.run(drive(
+                "gateway + MQTT + webhook sinks", f"coap://127.0.0.1:{port}/r", vans,
+                **kw))  # type: ignore[arg-type]  # fmt: skip
+            ended = time.monotonic()
+            with sqlite3.connect(db) as conn:
+                at_end = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            pending = -1
+            while time.monotonic() - ended < 300:
+                with sqlite3.connect(db) as conn:
+                    pending = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+                if pending == 0:
+                    break
+                time.sleep(0.1)
+            drain = time.monotonic() - ended
+            print(f"  outboxes drained in {drain:.1f} s", file=sys.stderr, flush=True)
+        with sqlite3.connect(db) as conn:
+            records = conn.execute("SELECT count(*) FROM positions").fetchone()[0]
+            delivered = dict(conn.execute("SELECT name, delivered FROM sinks").fetchall())
+    return Relayed(result, records, delivered, drain, pending, at_end)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
-"""A real HTTP server for tests, run as its own process, and the class that drives it.
+"""A real HTTP server for tests and benchmarks, run as its own process, and its driver.
 
-    python tests/http_receiver.py --port P --log FILE [--fail-every N] [--fail-first N]
+    python -m vantrack.tools.http_receiver --port P --log FILE [--fail-every N] [--fail-first N]
                                   [--status CODE] [--retry-after S] [--delay S]
 
 accepts any method on any path and appends one JSON line per request to FILE (flushed
@@ -16,7 +16,7 @@ failure carries `Location: /moved`. When ready it prints `listening on 127.0.0.1
 It runs in a separate process so a test can kill it and start it again on the same port
 (an endpoint that goes away and comes back). Tests use the class:
 
-    from http_receiver import HttpReceiver, free_tcp_port
+    from vantrack.tools.http_receiver import HttpReceiver, free_tcp_port
     with HttpReceiver(free_tcp_port(), tmp_path / "rx.jsonl", "--fail-every", "3") as rx:
         ... POST to rx.url ...
         rx.requests()
@@ -67,6 +67,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--status", type=int, default=None, metavar="CODE", help="failure status")
     p.add_argument("--retry-after", default=None, metavar="S", help="Retry-After on failures")
     p.add_argument("--delay", type=float, default=0.0, metavar="S", help="wait before answering")
+    p.add_argument(
+        "--no-sync", action="store_true", help="do not fsync the log per request (benchmarks)"
+    )
     return p.parse_args(argv)
 
 
@@ -102,7 +105,8 @@ async def _serve(args: argparse.Namespace) -> None:
         }
         log.write(json.dumps(line) + "\n")
         log.flush()
-        os.fsync(log.fileno())
+        if not args.no_sync:
+            os.fsync(log.fileno())
         if args.delay:
             await asyncio.sleep(args.delay)
         if answer == 200:
@@ -169,7 +173,8 @@ class HttpReceiver:
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError(f"http_receiver on port {self.port} is already running")
         self.log_path.touch()
-        cmd = [sys.executable, __file__, "--port", str(self.port), "--log", str(self.log_path)]
+        cmd = [sys.executable, "-m", "vantrack.tools.http_receiver", "--port", str(self.port),
+               "--log", str(self.log_path)]  # fmt: skip
         with open(self.stderr_path, "ab") as err:
             proc = subprocess.Popen([*cmd, *self.args], stdout=subprocess.PIPE, stderr=err)
         self.proc = proc

@@ -1,13 +1,14 @@
-"""A real mosquitto broker on loopback for tests, and a persistent MQTT subscriber.
+"""A real mosquitto broker on loopback, and a persistent MQTT subscriber.
 
 `Mosquitto` runs Debian's broker (installed by dev.sh) on a free TCP port of 127.0.0.1
 with a config written to its own temp dir: persistence on (a persistent subscriber's
 queued QoS 1 messages survive `restart()`), optional password file, log to a file that
-start errors quote. It always stops its process (SIGTERM, then SIGKILL).
+start errors quote. It always stops its process (SIGTERM, then SIGKILL). The MQTT tests
+and `vantrack bench gateway` use it.
 
 `Subscriber` is a paho-mqtt threaded client with a persistent session (MQTT 3.1.1,
 clean_session=False) subscribed at QoS 1, reconnecting by itself, so it keeps receiving
-across a broker restart. Importable by any test module: `from mosquitto import Mosquitto`.
+across a broker restart: `from vantrack.tools.mosquitto import Mosquitto, Subscriber`.
 """
 
 from __future__ import annotations
