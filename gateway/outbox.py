@@ -48,7 +48,7 @@ from typing import Any
 import cbor2
 
 from .log import emit
-from .sinks import Record, Sink, SinkConfig, SinkError, sink_class
+from .sinks import Record, Sink, SinkConfig, SinkConfigError, SinkError, sink_class
 from .store import EXTRA_ROUTE, Store, StoreError, Target, now_ms
 
 log = logging.getLogger("vantrack.gateway.outbox")
@@ -56,6 +56,11 @@ log = logging.getLogger("vantrack.gateway.outbox")
 POLL_S = 1.0  # how often an idle relay looks for rows a CLI replay added, or an enable
 STATUS_EVERY_S = 2.0  # how often a relay counts its pending rows (metrics, status)
 MAX_ERROR = 300  # characters of an error kept in the sinks table
+CRASH_RESTART_S = 10.0  # a relay that crashed (a bug) starts again after this
+
+
+class SinkStartError(Exception):
+    """A sink that cannot start with its settings (a password file unreadable...)."""
 
 
 @dataclass(frozen=True)
@@ -413,7 +418,7 @@ class Relay:
         self._counted = 0.0
 
     async def run(self) -> None:
-        await self.sink.start()
+        """Deliver until cancelled (the sink was started by `Relays.start`)."""
         self._latest = await self.box.call("latest", self.name)
         disabled_ms, _ = await self.box.call("disabled", self.name)
         self.stats.disabled = disabled_ms is not None
@@ -422,7 +427,7 @@ class Relay:
                 await self._step()
             except StoreError as e:  # the database locked or gone: try again later
                 emit(log, "relay_store_error", logging.WARNING, sink=self.name, detail=str(e))
-                await self._sleep(backoff_s(self.cfg, 3))
+                await asyncio.sleep(backoff_s(self.cfg, 3))
 
     async def _count(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -580,7 +585,8 @@ class Relays:
         self.targets = [target_of(c) for c in self.configs if c.enabled]
 
     async def start(self) -> None:
-        """Register the sinks in the database and start a relay per enabled sink."""
+        """Register the sinks in the database, start each enabled sink (SinkStartError if
+        one cannot: its settings, not its backend, which may be down) and its relay."""
         sinks = [sink_class(c.type)(c, self.fleet) for c in self.configs]
         await self.box.call("register", [(s.cfg, s.target()) for s in sinks], now_ms())
         for s in sinks:
@@ -588,21 +594,30 @@ class Relays:
                 log, "sink_configured", sink=s.cfg.name, type=s.cfg.type, target=s.target(),
                 enabled=s.cfg.enabled,
             )  # fmt: skip
-            if s.cfg.enabled:
-                relay = Relay(s, self.box)
-                self.relays.append(relay)
-                self._tasks.append(asyncio.create_task(self._run(relay), name=s.cfg.name))
+            if not s.cfg.enabled:
+                continue
+            try:
+                await s.start()
+            except SinkConfigError as e:
+                raise SinkStartError(f"sink {s.cfg.name}: {e}") from None
+            relay = Relay(s, self.box)
+            self.relays.append(relay)
+            self._tasks.append(asyncio.create_task(self._run(relay), name=s.cfg.name))
 
     async def _run(self, relay: Relay) -> None:
-        try:
-            await relay.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a bug in a sink: log it, keep the others going
-            emit(
-                log, "relay_crashed", logging.ERROR, sink=relay.name,
-                detail=f"{type(e).__name__}: {e}",
-            )  # fmt: skip
+        """Run a relay; one that crashes (a bug) is logged and started again, so one
+        sink's bug never stops the others or loses its outbox."""
+        while True:
+            try:
+                await relay.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                emit(
+                    log, "relay_crashed", logging.ERROR, sink=relay.name,
+                    detail=f"{type(e).__name__}: {e}", restart_in_s=CRASH_RESTART_S,
+                )  # fmt: skip
+                await asyncio.sleep(CRASH_RESTART_S)
 
     def stored(self) -> None:
         """New records are in the outboxes: wake the idle relays."""

@@ -50,7 +50,7 @@ from aiocoap.numbers import ContentFormat
 from . import metrics, route, wire
 from .config import Config
 from .log import emit
-from .outbox import Relays
+from .outbox import Relays, SinkStartError
 from .store import MAX_DEVICE_ID, StoreError, UnstorableReport, Writer, now_ms, report_rows
 
 REPORT_PATH = ("r",)
@@ -450,6 +450,10 @@ def run(cfg: Config) -> int:
             emit(log, "start_failed", logging.ERROR, reason="store", detail=str(e))
             print(f"vantrack gateway: cannot open the store: {e}", file=sys.stderr)
             return 1
+        except SinkStartError as e:
+            emit(log, "start_failed", logging.ERROR, reason="sink", detail=str(e))
+            print(f"vantrack gateway: {e}", file=sys.stderr)
+            return 2
         except metrics.MetricsError as e:
             emit(log, "start_failed", logging.ERROR, reason="metrics", detail=str(e))
             print(f"vantrack gateway: {e}", file=sys.stderr)
