@@ -28,6 +28,7 @@ import cbor2
 from . import config as configmod
 from . import route as routemod
 from . import wire
+from .sinks.base import jsonable
 from .store import (
     EXTRA_ROUTE,
     EXTRA_VALUE,
@@ -996,18 +997,6 @@ def cmd_positions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.hex()
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    if v is None or isinstance(v, bool | int | float | str):
-        return v
-    return repr(v)
-
-
 class _FenceIds:
     """Fence number -> id through the route version an event names (or, without one,
     the device's current route); versions decoded once per command."""
@@ -1045,7 +1034,7 @@ def cmd_events(args: argparse.Namespace) -> int:
             return {} if r["extra"] is None else dict(cbor2.loads(r["extra"]))
 
         def extra(r: Any) -> dict[str, Any]:
-            return {} if r["extra"] is None else _jsonable(raw(r))
+            return {} if r["extra"] is None else jsonable(raw(r))
 
         def fence_id(r: Any) -> str | None:
             return fence_ids(r["device_id"], r["fence"], raw(r).get(EXTRA_ROUTE))
@@ -1056,14 +1045,14 @@ def cmd_events(args: argparse.Namespace) -> int:
             if r["type"] == wire.EventType.STATUS:
                 for key, field in STATUS_NAMES.items():
                     if key in x:
-                        out[field] = _jsonable(x[key])
+                        out[field] = jsonable(x[key])
                 cause = x.get(wire.StatusKey.CAUSE)
                 if isinstance(cause, int):
                     out["cause_name"] = wire.cause_name(cause)
                 return out
             name = VALUE_NAMES.get(r["type"])
             if name is not None and EXTRA_VALUE in x:
-                out[name] = _jsonable(x[EXTRA_VALUE])
+                out[name] = jsonable(x[EXTRA_VALUE])
                 if r["type"] == wire.EventType.OUT_OF_SEQUENCE:
                     out["expected_id"] = fence_ids(
                         r["device_id"], x[EXTRA_VALUE], x.get(EXTRA_ROUTE)
@@ -1277,7 +1266,7 @@ def describe(report: wire.Report) -> list[str]:
                 else f" {r.lat_e6 / 1e6:.6f} {r.lon_e6 / 1e6:.6f}"
             )
             fence = "" if r.fence is None else f"  fence {r.fence}"
-            extra = f"  {_jsonable(r.extra)}" if r.extra else ""
+            extra = f"  {jsonable(r.extra)}" if r.extra else ""
             lines.append(f"  {r.seq:>10}  {t}  {r.name}{pos}{fence}{extra}")
     return lines
 

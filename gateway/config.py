@@ -123,7 +123,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError("gateway.stats_interval_s: must be >= 0")
     if not 0 <= g.decode_workers <= 64:
         raise ConfigError("gateway.decode_workers: must be in 0..64")
-    if not NAME.match(g.fleet):
+    if not NAME.fullmatch(g.fleet):
         raise ConfigError(f"gateway.fleet: {g.fleet!r} is not a name (letters, digits, . _ -)")
     m = cfg.metrics
     if not 0 <= m.port <= 65535:
@@ -173,9 +173,9 @@ def _sink(path: Path, i: int, table: Any) -> SinkConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: must be a table ([[sink]])")
     kind, name = table.get("type"), table.get("name")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise ConfigError(f"{where}.type: {kind!r} is not one of {', '.join(KINDS)}")
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ConfigError(f"{where}.name: {name!r} is not a name (letters, digits, . _ -)")
     where = f"{path}: sink[{i}] ({name})"
     cls = sink_class(kind).config_class
@@ -198,7 +198,7 @@ def _sink(path: Path, i: int, table: Any) -> SinkConfig:
         cfg.check()
     except SinkConfigError as e:
         raise ConfigError(f"{where}.{e.key}: {e.message}") from None
-    except TypeError as e:  # a required key without a default
+    except (TypeError, ValueError) as e:  # a sink's check() that failed to name the key
         raise ConfigError(f"{where}: {e}") from None
     return cfg
 

@@ -85,7 +85,9 @@ class GatewayCollector(Collector):
 
     def _sinks(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
-            "vantrack_sink_up", "1 while the sink relays, 0 once disabled", labels=["sink", "type"]
+            "vantrack_sink_up",
+            "1 while the sink relays, 0 once disabled (or after a crash)",
+            labels=["sink", "type"],
         )
         delivered = CounterMetricFamily(
             "vantrack_sink_delivered", "Records delivered since the gateway started",
@@ -110,7 +112,7 @@ class GatewayCollector(Collector):
         now = time.time()
         for r in self.relays.relays if self.relays is not None else ():
             s = r.stats
-            up.add_metric([r.name, r.cfg.type], 0 if s.disabled else 1)
+            up.add_metric([r.name, r.cfg.type], 0 if s.disabled or s.crashed else 1)
             delivered.add_metric([r.name], s.delivered)
             failures.add_metric([r.name], s.failures)
             pending.add_metric([r.name], s.pending)

@@ -48,7 +48,7 @@ from typing import Any
 import cbor2
 
 from .log import emit
-from .sinks import Record, Sink, SinkConfig, SinkConfigError, SinkError, sink_class
+from .sinks import SKIPPED, Record, Sink, SinkConfig, SinkConfigError, SinkError, sink_class
 from .store import EXTRA_ROUTE, Store, StoreError, Target, now_ms
 
 log = logging.getLogger("vantrack.gateway.outbox")
@@ -56,6 +56,7 @@ log = logging.getLogger("vantrack.gateway.outbox")
 POLL_S = 1.0  # how often an idle relay looks for rows a CLI replay added, or an enable
 STATUS_EVERY_S = 2.0  # how often a relay counts its pending rows (metrics, status)
 MAX_ERROR = 300  # characters of an error kept in the sinks table
+REPLAY_CHUNK = 2000  # outbox rows per transaction of a replay
 CRASH_RESTART_S = 10.0  # a relay that crashed (a bug) starts again after this
 
 
@@ -126,6 +127,11 @@ class Outbox:
                     self.conn.execute(
                         "INSERT INTO sinks (name, type, target, filter, configured, enabled)"
                         " VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (name) DO UPDATE SET"
+                        # A sink disabled for failing, given a new target, starts afresh.
+                        " disabled_ms = CASE WHEN target = excluded.target AND type ="
+                        " excluded.type THEN disabled_ms END,"
+                        " disabled_reason = CASE WHEN target = excluded.target AND type ="
+                        " excluded.type THEN disabled_reason END,"
                         " type = excluded.type, target = excluded.target,"
                         " filter = excluded.filter, configured = 1, enabled = excluded.enabled",
                         (cfg.name, cfg.type, target, filter_json(cfg), int(cfg.enabled)),
@@ -148,21 +154,26 @@ class Outbox:
 
     def enable(self, name: str) -> bool:
         """Clear a disabled sink (and its failure streak); False if there is no such sink."""
-        with self._tx():
-            cur = self.conn.execute(
-                "UPDATE sinks SET disabled_ms = NULL, disabled_reason = NULL,"
-                " failing_since_ms = NULL WHERE name = ?",
-                (name,),
-            )
+        try:
+            with self._tx():
+                cur = self.conn.execute(
+                    "UPDATE sinks SET disabled_ms = NULL, disabled_reason = NULL,"
+                    " failing_since_ms = NULL WHERE name = ?",
+                    (name,),
+                )
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from None
         return cur.rowcount > 0
 
-    def failed(self, name: str, error: str, at_ms: int) -> int:
-        """Note a failure; returns when the current failure streak began."""
+    def failed(self, name: str, error: str, at_ms: int, streak: bool = True) -> int:
+        """Note a failure; returns when the current failure streak began (the backend
+        failing: `streak`; a van refused keeps only the error)."""
         with self._tx():
             self.conn.execute(
-                "UPDATE sinks SET failing_since_ms = coalesce(failing_since_ms, ?1),"
-                " last_error = ?2, last_error_ms = ?1 WHERE name = ?3",
-                (at_ms, error[:MAX_ERROR], name),
+                "UPDATE sinks SET last_error = ?2, last_error_ms = ?1,"
+                " failing_since_ms = CASE WHEN ?4 THEN coalesce(failing_since_ms, ?1)"
+                " ELSE failing_since_ms END WHERE name = ?3",
+                (at_ms, error[:MAX_ERROR], name, streak),
             )
             row = self.conn.execute(
                 "SELECT failing_since_ms FROM sinks WHERE name = ?", (name,)
@@ -224,7 +235,10 @@ class Outbox:
         if r[12] is None:
             return None
         t, rx, lat, lon, hdop, sats, etype, fence, extra = r[12:21]
-        x = {} if extra is None else dict(cbor2.loads(extra))
+        try:  # written by the store (canonical CBOR of a map), so this cannot fail...
+            x = {} if extra is None else dict(cbor2.loads(extra))
+        except (cbor2.CBORDecodeError, TypeError, ValueError):  # ...unless edited by hand
+            x = {}
         return Record(
             device_id, name, seq, t, rx, lat, lon, None, None, hdop, sats, etype, fence,
             self._stop(device_id, fence, x.get(EXTRA_ROUTE)), x,
@@ -236,6 +250,8 @@ class Outbox:
             return fence
         if not isinstance(fence, int) or not isinstance(version, int):
             return None
+        if not 0 <= version < 2**63:  # the CDDL leaves extra values unbounded
+            return None
         key = (device_id, version)
         if key not in self._fences:
             if len(self._fences) > 1024:
@@ -244,16 +260,23 @@ class Outbox:
         ids = self._fences[key]
         return ids[fence] if ids is not None and 0 <= fence < len(ids) and ids[fence] else None
 
-    def done(self, name: str, ids: Sequence[int], latest: dict[int, int], at_ms: int) -> None:
-        """Rows delivered: delete them, count them, end the failure streak, and keep the
+    def done(
+        self, name: str, delivered: Sequence[int], other: Sequence[int],
+        latest: dict[int, int], at_ms: int,
+    ) -> None:  # fmt: skip
+        """Rows that leave the outbox: `delivered` (counted, and they end the failure
+        streak) and `other` (skipped by the sink, or whose record is gone); keep the
         newest device time given per device."""
         with self._tx():
-            self.conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
-            self.conn.execute(
-                "UPDATE sinks SET delivered = delivered + ?, last_delivered_ms = ?,"
-                " failing_since_ms = NULL WHERE name = ?",
-                (len(ids), at_ms, name),
+            self.conn.executemany(
+                "DELETE FROM outbox WHERE id = ?", [(i,) for i in (*delivered, *other)]
             )
+            if delivered:
+                self.conn.execute(
+                    "UPDATE sinks SET delivered = delivered + ?, last_delivered_ms = ?,"
+                    " failing_since_ms = NULL WHERE name = ?",
+                    (len(delivered), at_ms, name),
+                )
             self.conn.executemany(
                 "INSERT INTO sink_latest VALUES (?, ?, ?) ON CONFLICT (sink, device_id)"
                 " DO UPDATE SET time_ms = max(time_ms, excluded.time_ms)",
@@ -297,7 +320,10 @@ class Outbox:
         """Queue again, for one sink, the records stored (received) since `since_ms`
         that its filter takes, in the order they were stored. Returns (queued, already
         pending). Raises KeyError for an unknown sink."""
-        row = self.conn.execute("SELECT filter FROM sinks WHERE name = ?", (name,)).fetchone()
+        try:
+            row = self.conn.execute("SELECT filter FROM sinks WHERE name = ?", (name,)).fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from None
         if row is None:
             raise KeyError(name)
         f = json.loads(row[0])
@@ -322,21 +348,25 @@ class Outbox:
         query = " UNION ALL ".join(parts) + " ORDER BY received_ms, device_id, seq"
         now = now_ms()
         devices = set(f["devices"])
-        names: dict[int, str] = dict(self.conn.execute("SELECT id, name FROM devices"))
         try:
-            with self._tx():
-                found = [
-                    (name, d, s, now)
-                    for d, s, _ in self.conn.execute(query, params * len(parts))
-                    if not devices or str(d) in devices or names.get(d) in devices
-                ]
-                before = self.conn.total_changes
-                self.conn.executemany(
-                    "INSERT OR IGNORE INTO outbox (sink, device_id, seq, created_ms)"
-                    " VALUES (?, ?, ?, ?)",
-                    found,
-                )
-                queued = self.conn.total_changes - before
+            names: dict[int, str] = dict(self.conn.execute("SELECT id, name FROM devices"))
+            # Read first, then insert in short transactions: the gateway keeps storing
+            # reports meanwhile (it waits for the write lock at most busy_timeout_ms).
+            found = [
+                (name, d, s, now)
+                for d, s, _ in self.conn.execute(query, params * len(parts))
+                if not devices or str(d) in devices or names.get(d) in devices
+            ]
+            queued = 0
+            for i in range(0, len(found), REPLAY_CHUNK):
+                with self._tx():
+                    before = self.conn.total_changes
+                    self.conn.executemany(
+                        "INSERT OR IGNORE INTO outbox (sink, device_id, seq, created_ms)"
+                        " VALUES (?, ?, ?, ?)",
+                        found[i : i + REPLAY_CHUNK],
+                    )
+                    queued += self.conn.total_changes - before
         except sqlite3.Error as e:
             raise StoreError(str(e)) from None
         return queued, len(found) - queued
@@ -393,6 +423,7 @@ class RelayStats:
     pending: int = 0
     oldest_pending_ms: int | None = None
     disabled: bool = False
+    crashed: bool = False  # waiting to start again after a crash (a bug)
     lag_ms: int = 0  # store to delivery, of the last record delivered
 
 
@@ -478,6 +509,7 @@ class Relay:
                 by_device.setdefault(row.record.device_id, []).append(row)
         limit = asyncio.Semaphore(self.cfg.concurrency)
         delivered: list[int] = []
+        skipped: list[int] = []  # records the backend has no use for (Sink.SKIPPED)
         latest: dict[int, int] = {}
         errors: dict[int, SinkError] = {}
 
@@ -492,44 +524,68 @@ class Relay:
                     try:
                         # A bound on a sink that overruns its own timeout_s (no extra task).
                         async with asyncio.timeout(self.cfg.timeout_s + 5):
-                            await self.sink.send(r)
+                            outcome = await self.sink.send(r)
                     except SinkError as e:
                         errors[d] = e
                         return
                     except TimeoutError:
                         errors[d] = SinkError(f"no answer in {self.cfg.timeout_s + 5:g} s")
                         return
+                    except Exception as e:  # a bug in the sink, or a record it chokes on
+                        emit(
+                            log, "sink_bug", logging.ERROR, sink=self.name, device=d,
+                            seq=r.seq, detail=f"{type(e).__name__}: {e}",
+                        )  # fmt: skip
+                        errors[d] = SinkError(f"sink bug: {type(e).__name__}: {e}",
+                                              device_only=True)  # fmt: skip
+                        return
+                    if outcome == SKIPPED:
+                        skipped.append(row.id)
+                        continue
                     delivered.append(row.id)
                     if is_latest:
                         self._latest[d] = latest[d] = r.time_ms
                     self.stats.lag_ms = max(0, now_ms() - r.received_ms)
 
+        # device() raises nothing but cancellation, so no van's sends outlive the round.
         await asyncio.gather(*(device(d, mine) for d, mine in by_device.items()))
         at = now_ms()
         if gone:
             emit(log, "relay_record_missing", logging.WARNING, sink=self.name, rows=len(gone))
-        if delivered or gone:
-            await self.box.call("done", self.name, delivered + gone, latest, at)
+        if delivered or skipped or gone:
+            await self.box.call("done", self.name, delivered, skipped + gone, latest, at)
             self.stats.delivered += len(delivered)
         for d in by_device:
             if d not in errors:
                 self._device_failures.pop(d, None)
         if not errors:
-            self._failures = 0
+            if delivered:
+                self._failures = 0
             await self._count()
             return
-        await self._failed(errors, all_failed=not delivered, at=at)
+        await self._failed(errors, delivered=bool(delivered), at=at)
 
-    async def _failed(self, errors: dict[int, SinkError], all_failed: bool, at: int) -> None:
+    async def _failed(self, errors: dict[int, SinkError], delivered: bool, at: int) -> None:
+        """After a round with failures: every failed van waits its own backoff; if no van
+        got through and the failures were the backend's (not refusals of one van), the
+        whole sink waits too, and the failure streak that can disable it goes on."""
         self.stats.failures += len(errors)
-        device, first = next(iter(errors.items()))
-        since = await self.box.call("failed", self.name, str(first), at)
+        now = time.monotonic()
+        for d, e in errors.items():
+            n = self._device_failures[d] = self._device_failures.get(d, 0) + 1
+            wait = backoff_s(self.cfg, n)
+            if e.retry_after is not None:
+                wait = min(max(wait, e.retry_after), self.cfg.backoff_max_s)
+            self._waiting[d] = now + wait
+        backend = {d: e for d, e in errors.items() if not e.device_only}
+        device, first = next(iter((backend or errors).items()))
+        gone = [e for e in errors.values() if not e.retry]
+        streak = bool(backend) and not delivered
+        since = await self.box.call("failed", self.name, str(first), at, streak)
         await self._count(force=True)
-        if not first.retry or (
-            self.cfg.retry_for_s and at - since >= self.cfg.retry_for_s * 1000 and all_failed
-        ):  # fmt: skip
+        if gone or (streak and self.cfg.retry_for_s and at - since >= self.cfg.retry_for_s * 1000):
             reason = (
-                f"backend refused for good: {first}" if not first.retry
+                f"backend refused for good: {gone[0]}" if gone
                 else f"failing for {(at - since) / 1000:.0f} s: {first}"
             )  # fmt: skip
             await self.box.call("disable", self.name, reason, at)
@@ -539,32 +595,27 @@ class Relay:
                 pending=self.stats.pending,
             )  # fmt: skip
             return
-        if all_failed:
-            # The backend is down (or refusing everyone): the whole sink waits.
-            self._failures += 1
-            wait = backoff_s(self.cfg, self._failures)
-            if first.retry_after is not None:
-                wait = min(max(wait, first.retry_after), self.cfg.backoff_max_s)
-            emit(
-                log, "sink_failed", logging.WARNING, sink=self.name, device=device,
-                error=str(first), retry_in_s=round(wait, 2), failures=self._failures,
-                pending=self.stats.pending,
-            )  # fmt: skip
-            await self._sleep_quiet(wait)
+        if not streak:
+            self._failures = 0
+            for d, e in errors.items():
+                emit(
+                    log, "sink_failed", logging.WARNING, sink=self.name, device=d,
+                    error=str(e), retry_in_s=round(self._waiting[d] - now, 2),
+                    failures=self._device_failures[d],
+                )  # fmt: skip
             return
-        # Some devices went through: only the failed ones wait.
-        self._failures = 0
-        now = time.monotonic()
-        for d, e in errors.items():
-            n = self._device_failures[d] = self._device_failures.get(d, 0) + 1
-            wait = backoff_s(self.cfg, n)
-            if e.retry_after is not None:
-                wait = min(max(wait, e.retry_after), self.cfg.backoff_max_s)
-            self._waiting[d] = now + wait
-            emit(
-                log, "sink_failed", logging.WARNING, sink=self.name, device=d, error=str(e),
-                retry_in_s=round(wait, 2), failures=n,
-            )  # fmt: skip
+        # The backend is down (or refusing everyone): the whole sink waits.
+        self._failures += 1
+        wait = backoff_s(self.cfg, self._failures)
+        asked = [e.retry_after for e in backend.values() if e.retry_after is not None]
+        if asked:
+            wait = min(max(wait, *asked), self.cfg.backoff_max_s)
+        emit(
+            log, "sink_failed", logging.WARNING, sink=self.name, device=device,
+            error=str(first), retry_in_s=round(wait, 2), failures=self._failures,
+            devices=len(errors), pending=self.stats.pending,
+        )  # fmt: skip
+        await self._sleep_quiet(wait)
 
     async def _sleep_quiet(self, seconds: float) -> None:
         """A backoff: new records do not cut it short."""
@@ -617,7 +668,9 @@ class Relays:
                     log, "relay_crashed", logging.ERROR, sink=relay.name,
                     detail=f"{type(e).__name__}: {e}", restart_in_s=CRASH_RESTART_S,
                 )  # fmt: skip
+                relay.stats.crashed = True
                 await asyncio.sleep(CRASH_RESTART_S)
+                relay.stats.crashed = False
 
     def stored(self) -> None:
         """New records are in the outboxes: wake the idle relays."""

@@ -250,19 +250,19 @@ class Target:
     filter: Filter
 
 
-def enqueue(
+def new_rows(
     conn: sqlite3.Connection, device_id: int, positions: Sequence[PositionRow],
-    events: Sequence[EventRow], received_ms: int, targets: Sequence[Target],
-) -> int:  # fmt: skip
-    """Within the report's transaction, before its rows are inserted: put the records
-    not stored before into the outbox of each target whose filter takes them, in seq
-    order. Records already stored (a repeated report) were queued when they first came.
-    Returns the number of outbox rows."""
+    events: Sequence[EventRow],
+) -> tuple[list[PositionRow], list[EventRow]]:  # fmt: skip
+    """The rows of a report not stored before: a seq names one record of a device, a
+    position or an event, for good. Within the report the first row of a seq wins,
+    positions before events (a van that numbers two records alike has a bug; the second
+    is dropped, not stored beside the first)."""
     seqs = sorted({r[1] for r in positions} | {r[1] for r in events})
     if not seqs:
-        return 0
+        return [], []
     marks = ",".join("?" * len(seqs))
-    old = {
+    taken = {
         seq
         for (seq,) in conn.execute(
             f"SELECT seq FROM positions WHERE device_id = ? AND seq IN ({marks}) UNION"
@@ -270,9 +270,26 @@ def enqueue(
             (device_id, *seqs, device_id, *seqs),
         )
     }
-    kinds: dict[int, int | None] = {r[1]: r[3] for r in reversed(events)}  # seq -> type
-    for r in reversed(positions):  # INSERT OR IGNORE keeps the first of a repeated seq
-        kinds[r[1]] = None
+    new_positions, new_events = [], []
+    for p in positions:
+        if p[1] not in taken:
+            taken.add(p[1])
+            new_positions.append(p)
+    for e in events:
+        if e[1] not in taken:
+            taken.add(e[1])
+            new_events.append(e)
+    return new_positions, new_events
+
+
+def enqueue(
+    conn: sqlite3.Connection, device_id: int, positions: Sequence[PositionRow],
+    events: Sequence[EventRow], received_ms: int, targets: Sequence[Target],
+) -> int:  # fmt: skip
+    """Within the report's transaction: put its new records (`new_rows`) into the outbox
+    of each target whose filter takes them, in seq order. Returns the outbox rows."""
+    kinds: dict[int, int | None] = {r[1]: r[3] for r in events}  # seq -> event type
+    kinds.update((r[1], None) for r in positions)
     name: str | None = None
     if any(t.filter.devices for t in targets):
         row = conn.execute("SELECT name FROM devices WHERE id = ?", (device_id,)).fetchone()
@@ -281,10 +298,7 @@ def enqueue(
     for t in targets:
         if not t.filter.takes_device(device_id, name):
             continue
-        for seq in seqs:
-            if seq in old:
-                continue
-            etype = kinds[seq]
+        for seq, etype in kinds.items():
             if t.filter.positions if etype is None else t.filter.takes_event(etype):
                 rows.append((t.name, device_id, seq, received_ms))
     rows.sort(key=lambda r: r[2])  # seq order within the report, across sinks
@@ -575,6 +589,7 @@ class Store:
         raises StoreError, having rolled back, if anything fails."""
         try:
             with self._transaction():
+                positions, events = new_rows(self.conn, device_id, positions, events)
                 if targets:
                     enqueue(self.conn, device_id, positions, events, received_ms, targets)
                 before = self.conn.total_changes

@@ -134,6 +134,12 @@ HOOK = (
         (HOOK + "[sink.filter]\nvans = []\n", "sink[0] (ops).filter: unknown key vans"),
         (HOOK + "[sink.filter]\npositions = 1\n", "sink[0] (ops).filter.positions"),
         (HOOK + HOOK, "sink[1].name: 'ops' is used by another sink"),
+        ('[[sink]]\ntype = ["mqtt"]\nname = "b"\n', "sink[0].type"),
+        ('[[sink]]\ntype = "mqtt"\nname = "b\\n"\nurl = "mqtt://h"\n', "sink[0].name"),
+        (HOOK.replace("http://127.0.0.1:9/h", "http://[::1"), "sink[0] (ops).url"),
+        (HOOK.replace("http://127.0.0.1:9/h", "http://h:0/"), "sink[0] (ops).url"),
+        (HOOK + "timeout_s = nan\n", "sink[0] (ops).timeout_s"),
+        (HOOK + "backoff_max_s = inf\n", "sink[0] (ops).backoff_max_s"),
         ('[[sink]]\ntype = "mqtt"\nname = "b"\nurl = "mqtt://h"\nqos = 0\n', "sink[0] (b).qos"),
         ('[[sink]]\ntype = "traccar"\nname = "t"\ndevice_id = "imei"\n', "(t).device_id"),
         ('[sink]\ntype = "mqtt"\n', "array of tables ([[sink]])"),
@@ -178,7 +184,8 @@ def test_sinks_status_replay_and_enable_on_the_command_line(tmp_path: Path) -> N
     s.save(1, [pos(1, 0, 5000), pos(1, 1, 5000)], [], 5000, [Target("ops", Filter())])
     Outbox(s).failed("ops", "HTTP 503 from http://h", 6000)
     Outbox(s).disable("ops", "failing for 86400 s: HTTP 503 from http://h", 7000)
-    Outbox(s).register([(SinkConfig("ops", "webhook"), "http://h")], 8000)  # "old" removed
+    # The gateway restarts without "old"; "ops" still points where it failed.
+    Outbox(s).register([(SinkConfig("ops", "webhook"), "webhook://test")], 8000)
     s.close()
     table = vantrack("sinks", "status", "--db", str(db))
     assert table.returncode == 0, table.stderr
@@ -191,7 +198,44 @@ def test_sinks_status_replay_and_enable_on_the_command_line(tmp_path: Path) -> N
     out = vantrack("sinks", "enable", "ops", "--db", str(db))
     assert out.returncode == 0 and "2 pending will be delivered" in out.stdout
     assert vantrack("sinks", "status", "--db", str(db)).stdout.splitlines()[1].split()[2] == "yes"
+    # Given a new address, a disabled sink starts afresh at the next gateway start.
+    s = Store(db)
+    Outbox(s).disable("ops", "failing", 9000)
+    Outbox(s).register([(SinkConfig("ops", "webhook"), "webhook://test")], 9500)
+    assert Outbox(s).disabled("ops")[0] == 9000
+    Outbox(s).register([(SinkConfig("ops", "webhook"), "http://new.example/h")], 10000)
+    assert Outbox(s).disabled("ops") == (None, None)
+    s.close()
     out = vantrack("sinks", "replay", "nope", "--since", "1h", "--db", str(db))
     assert out.returncode == 1 and "no sink 'nope' (sinks: ops, old)" in out.stderr
     out = vantrack("sinks", "replay", "old", "--since", "1970-01-01T00:00:00Z", "--db", str(db))
     assert out.returncode == 0 and out.stdout.startswith("queued 2 records for old")
+
+
+def test_a_seq_names_one_record_so_an_event_reusing_a_positions_seq_is_not_stored(
+    db: Store,
+) -> None:
+    targets = [Target("all", Filter())]
+    db.save(1, [pos(1, 5)], [], 1000, targets)
+    saved = db.save(1, [], [ev(1, 5, ARRIVED)], 2000, targets)
+    assert saved.new_records == 0
+    assert db.conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+    # Within one report too: the position (first) is the record.
+    saved = db.save(1, [pos(1, 6)], [ev(1, 6, ARRIVED), ev(1, 7, DEPARTED)], 3000, targets)
+    assert saved.new_records == 2
+    assert outbox(db) == [("all", 1, 5), ("all", 1, 6), ("all", 1, 7)]
+
+
+def test_an_event_with_odd_extra_values_is_still_read_and_relayable_as_json(db: Store) -> None:
+    import json
+
+    import cbor2
+
+    register(db, SinkConfig("ops", "webhook"))
+    row = list(ev(1, 1, ARRIVED))
+    row[9] = cbor2.dumps({7: b"\x01\x02", 8: 2**70, 9: cbor2.CBORTag(99, "x")})
+    db.save(1, [], [tuple(row)], 1000, [Target("ops", Filter())])  # type: ignore[list-item]
+    (got,) = Outbox(db).fetch("ops", 10, 10)
+    assert got.record is not None and got.record.stop is None  # no such route version
+    body = json.loads(json.dumps(got.record.to_json()))
+    assert body["inside_s"] == "0102" and body["route_version"] == 2**70

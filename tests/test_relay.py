@@ -274,3 +274,38 @@ def test_the_metrics_endpoint_counts_reports_rejections_and_each_sinks_delivery(
     assert m[("vantrack_sink_failures_total", (("sink", "down"),))] >= 1
     assert m[("vantrack_sink_oldest_pending_seconds", (("sink", "down"),))] > 0
     assert m[("vantrack_sink_pending", (("sink", "ops"),))] == 0
+
+
+def test_an_endpoint_answering_410_gone_is_disabled_at_once_with_its_records_kept(
+    gateway: Callable[..., rig.GatewayProcess], tmp_path: Path,
+) -> None:  # fmt: skip
+    with HttpReceiver(free_tcp_port(), tmp_path / "rx.jsonl", "--status", "410") as rx:
+        gw = gateway(webhook_sink(rx.url))
+        n = send(gw, vans(gw, 1), reports=2)
+        wait(lambda: "event=sink_disabled" in gw.log(), 10, "the sink to be disabled")
+        st = sinks_status(gw)["ops"]
+        assert not st["enabled"] and st["pending"] == n
+        assert st["disabled_reason"].startswith("backend refused for good: HTTP 410")
+        assert len(rx.requests()) == 1  # it did not keep knocking
+
+
+def test_a_van_refused_while_the_fleet_is_quiet_neither_disables_nor_slows_the_sink(
+    gateway: Callable[..., rig.GatewayProcess],
+) -> None:  # fmt: skip
+    with OsmAndServer(devices=["van-1"]) as traccar:
+        gw = gateway(
+            f'[[sink]]\ntype = "traccar"\nname = "traccar"\nurl = "{traccar.url}"\n'
+            "backoff_min_s = 0.05\nbackoff_max_s = 60\nretry_for_s = 1\n"
+        )
+        van1, van2 = vans(gw, 2)
+        send(gw, [van2], reports=2)  # only the van Traccar does not know reports
+        wait(lambda: gw.log().count("event=sink_failed") >= 4, 20, "retries of van-2")
+        time.sleep(1.2)  # past retry_for_s
+        st = sinks_status(gw)["traccar"]
+        assert st["enabled"] and st["failing_since"] is None and st["pending"] == 10
+        # van-1 goes through at once: the sink as a whole is not backing off.
+        sent = time.monotonic()
+        send(gw, [van1], reports=1)
+        wait(lambda: len(traccar.positions) >= 5, 5, "van-1's records")
+        assert time.monotonic() - sent < 5
+        assert {p.device for p in traccar.positions} == {"van-1"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Filter, Record, Sink, SinkConfig, SinkConfigError, SinkError
+from .base import SKIPPED, Filter, Record, Sink, SinkConfig, SinkConfigError, SinkError
 
 # kind -> (module, class) within this package
 KINDS: dict[str, tuple[str, str]] = {
@@ -27,6 +27,6 @@ def sink_class(kind: str) -> type[Sink]:
 
 
 __all__ = [
-    "KINDS", "Filter", "Record", "Sink", "SinkConfig", "SinkConfigError", "SinkError",
+    "KINDS", "SKIPPED", "Filter", "Record", "Sink", "SinkConfig", "SinkConfigError", "SinkError",
     "sink_class",
 ]  # fmt: skip

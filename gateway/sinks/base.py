@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -37,12 +38,24 @@ class SinkError(Exception):
     `retry=False`: waiting will not help (a webhook endpoint answering 410 Gone); the
     relay disables the sink, keeping its outbox, until `vantrack sinks enable NAME`.
     `retry_after`: seconds the backend asked us to wait (HTTP Retry-After), if any.
+    `device_only=True`: the backend works but refuses this device (Traccar does not
+    know the van); only that device waits, and it never counts towards disabling.
     """
 
-    def __init__(self, message: str, *, retry: bool = True, retry_after: float | None = None):
+    def __init__(
+        self, message: str, *, retry: bool = True, retry_after: float | None = None,
+        device_only: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__(message)
         self.retry = retry
         self.retry_after = retry_after
+        self.device_only = device_only
+
+
+# What `Sink.send()` returns for a record this kind of backend has no use for (Traccar
+# and a record without a position): it leaves the outbox, but is not counted as a
+# delivery and does not tell the relay that the backend works.
+SKIPPED = "skipped"
 
 
 class SinkConfigError(ValueError):
@@ -102,6 +115,9 @@ class SinkConfig:
             raise SinkConfigError("retry_for_s", "must be >= 0 (0: never disable)")
         if self.timeout_s <= 0:
             raise SinkConfigError("timeout_s", "must be > 0")
+        for key in ("backoff_min_s", "backoff_max_s", "retry_for_s", "timeout_s"):
+            if not math.isfinite(getattr(self, key)):
+                raise SinkConfigError(key, "must be a finite number of seconds")
         if self.filter.events is not None:
             known = {wire.event_name(t) for t in wire.EventType}
             for name in self.filter.events:
@@ -110,6 +126,22 @@ class SinkConfig:
                     raise SinkConfigError(
                         "filter.events", f"unknown event {name!r} (known: {names})"
                     )
+
+
+def jsonable(v: Any) -> Any:
+    """A decoded CBOR value as JSON-ready data: bytes as hex, map keys as text, anything
+    else JSON has no type for (a CBOR tag...) as its repr."""
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [jsonable(x) for x in v]
+    if v is None or isinstance(v, bool | int | str):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else repr(v)
+    return repr(v)
 
 
 def iso_ms(ms: int) -> str:
@@ -183,18 +215,18 @@ class Record:
         out["fence"] = self.fence
         out["stop"] = self.stop
         if EXTRA_ROUTE in self.extra:
-            out["route_version"] = self.extra[EXTRA_ROUTE]
+            out["route_version"] = jsonable(self.extra[EXTRA_ROUTE])
         if self.event == wire.EventType.STATUS:
             for k, name in wire.STATUS_NAMES.items():
                 if k in self.extra:
-                    out[name] = self.extra[k]
+                    out[name] = jsonable(self.extra[k])
             cause = self.extra.get(wire.StatusKey.CAUSE)
             if isinstance(cause, int):
                 out["cause_name"] = wire.cause_name(cause)
         else:
             value_name = wire.VALUE_NAMES.get(self.event)  # type: ignore[call-overload]
             if value_name is not None and EXTRA_VALUE in self.extra:
-                out[value_name] = self.extra[EXTRA_VALUE]
+                out[value_name] = jsonable(self.extra[EXTRA_VALUE])
         return out
 
 
@@ -213,10 +245,11 @@ class Sink(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def send(self, record: Record) -> None:
-        """Deliver one record; return only once the backend has it. Raise SinkError
-        (never anything else for a backend's failure) when it did not. Bounded by
-        `cfg.timeout_s`. Called concurrently for different devices."""
+    async def send(self, record: Record) -> str | None:
+        """Deliver one record; return only once the backend has it (None), or return
+        SKIPPED for a record this backend has no use for. Raise SinkError (never anything
+        else for a backend's failure) when it did not. Bounded by `cfg.timeout_s`.
+        Called concurrently for different devices, one record at a time per device."""
 
     async def close(self) -> None:
         """Release connections; called once at shutdown, after the last `send()`."""

@@ -202,6 +202,8 @@ class MqttSink(Sink):
                 text = f.read()
         except OSError as e:
             raise SinkConfigError("password_file", f"{path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise SinkConfigError("password_file", f"{path}: not UTF-8 text") from None
         self._password = text[:-1] if text.endswith("\n") else text
 
     async def _connection(self) -> tuple[_Connection, bool]:

@@ -37,6 +37,7 @@ from ..log import emit
 from .base import (
     EXTRA_ROUTE,
     EXTRA_VALUE,
+    SKIPPED,
     Record,
     Sink,
     SinkConfig,
@@ -66,13 +67,18 @@ class TraccarConfig(SinkConfig):
 
     def check(self) -> None:
         super().check()
-        u = urllib.parse.urlsplit(self.url)
+        try:
+            u = urllib.parse.urlsplit(self.url)
+        except ValueError as e:
+            raise SinkConfigError("url", f"{self.url!r}: {e}") from None
         if u.scheme not in ("http", "https") or not u.hostname:
             raise SinkConfigError("url", f"must be http:// or https:// with a host: {self.url!r}")
         try:
-            u.port  # noqa: B018 -- raises ValueError for a port out of range
+            port = u.port  # raises ValueError for a port out of range
         except ValueError:
             raise SinkConfigError("url", f"bad port in {self.url!r}") from None
+        if port == 0:
+            raise SinkConfigError("url", f"bad port in {self.url!r}")
         if u.query or u.fragment:
             # Traccar reads the POST body only when the URL has no query parameters.
             raise SinkConfigError("url", "must have no query string or fragment")
@@ -183,9 +189,9 @@ class TraccarSink(Sink):
             netloc += f":{u.port}"
         return urllib.parse.urlunsplit((u.scheme, netloc, u.path, "", ""))
 
-    async def send(self, record: Record) -> None:
+    async def send(self, record: Record) -> str | None:
         if record.lat_e6 is None or record.lon_e6 is None:
-            return
+            return SKIPPED  # Traccar would show it at the last known place
         if self._session is None:
             await self.start()
         assert self._session is not None
@@ -217,14 +223,15 @@ class TraccarSink(Sink):
                     log, "traccar_command_ignored", logging.WARNING,
                     sink=self.cfg.name, device=record.device, command=text[:200],
                 )  # fmt: skip
-            return
+            return None
         if status == 400:
             ident = "numeric id" if self.tcfg.device_id == "id" else "name"
             sent = str(record.device_id) if self.tcfg.device_id == "id" else record.device
             raise SinkError(
                 f"Traccar answered 400: device {sent!r} is probably not registered in "
                 f"Traccar with that identifier (device_id = {self.tcfg.device_id!r}: "
-                f"the van's {ident})"
+                f"the van's {ident})",
+                device_only=True,
             )
         raise SinkError(f"Traccar answered HTTP {status}")
 

@@ -135,13 +135,18 @@ class WebhookConfig(SinkConfig):
         super().check()
         if not self.url:
             raise SinkConfigError("url", "required (http:// or https:// address)")
-        parts = urlsplit(self.url)
+        try:
+            parts = urlsplit(self.url)
+        except ValueError as e:
+            raise SinkConfigError("url", f"{self.url!r}: {e}") from None
         if parts.scheme not in ("http", "https"):
             raise SinkConfigError("url", f"must be http:// or https://, not {self.url!r}")
         try:
-            host, _port = parts.hostname, parts.port  # .port raises for a bad port
+            host, port = parts.hostname, parts.port  # .port raises for a bad port
         except ValueError as e:
             raise SinkConfigError("url", str(e)) from None
+        if port == 0:
+            raise SinkConfigError("url", f"port 0 in {self.url!r}")
         if not host:
             raise SinkConfigError("url", f"has no host: {self.url!r}")
         self.key()
