@@ -306,6 +306,6 @@ def test_a_van_refused_while_the_fleet_is_quiet_neither_disables_nor_slows_the_s
         # van-1 goes through at once: the sink as a whole is not backing off.
         sent = time.monotonic()
         send(gw, [van1], reports=1)
-        wait(lambda: len(traccar.positions) >= 5, 5, "van-1's records")
-        assert time.monotonic() - sent < 5
+        wait(lambda: len(traccar.positions) >= 5, 20, "van-1's records")
+        assert time.monotonic() - sent < 20  # a sink backing off as a whole waits up to 60 s
         assert {p.device for p in traccar.positions} == {"van-1"}

@@ -254,19 +254,19 @@ def test_delivery_succeeds_once_the_device_is_registered(traccar: OsmAndServer) 
 
 
 def test_server_down_raises_sink_error_promptly() -> None:
-    s = sink(f"http://127.0.0.1:{free_tcp_port()}", timeout_s=5.0)
+    s = sink(f"http://127.0.0.1:{free_tcp_port()}", timeout_s=30.0)
     t0 = time.monotonic()
     with pytest.raises(SinkError, match="cannot connect to Traccar"):
         send_all(s, position())
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 10  # refused at once, not the 30 s timeout
 
 
 def test_traccar_too_slow_to_answer_raises_sink_error_at_the_timeout() -> None:
-    with OsmAndServer(devices={"van-7"}, delay_s=1.0) as server:
+    with OsmAndServer(devices={"van-7"}, delay_s=3.0) as server:
         t0 = time.monotonic()
         with pytest.raises(SinkError, match="no answer from Traccar within 0.3 s"):
             send_all(sink(server.url, timeout_s=0.3), position())
-        assert time.monotonic() - t0 < 0.9  # not the 1 s the server holds the answer
+        assert time.monotonic() - t0 < 2.5  # not the 3 s the server holds the answer
 
 
 def test_connection_closed_once_without_an_answer_is_retried_at_once() -> None:

@@ -325,8 +325,8 @@ def test_a_redirect_is_not_followed(receiver: Any) -> None:
 def test_an_endpoint_that_is_down_raises_sink_error_promptly() -> None:
     port = free_tcp_port()  # nothing listens there
     t0 = time.monotonic()
-    e = failure(config(f"http://127.0.0.1:{port}/"))
-    assert time.monotonic() - t0 < 2.0
+    e = failure(config(f"http://127.0.0.1:{port}/", timeout_s=30.0))
+    assert time.monotonic() - t0 < 10  # refused at once, not the 30 s timeout
     assert e.retry and f"cannot connect to 127.0.0.1:{port}" in str(e)
 
 
@@ -338,10 +338,10 @@ def test_an_unknown_host_raises_sink_error() -> None:
 
 
 def test_an_endpoint_slower_than_timeout_s_raises_sink_error(receiver: Any) -> None:
-    r = receiver("--delay", "5")
+    r = receiver("--delay", "30")
     t0 = time.monotonic()
     e = failure(config(r.url, timeout_s=0.5))
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 10  # the 0.5 s timeout, not the 30 s the answer takes
     assert str(e) == "no answer within 0.5 s"
 
 
