@@ -121,7 +121,9 @@ def _filled(tmp_path: Path) -> Path:
     db, creds = tmp_path / "q.db", tmp_path / "creds"
     a, b = add_device(db, "van-a", creds), add_device(db, "van-b", creds)
     s = store.Store(db)
-    for dev, seq in ((a, 0), (b, 0), (a, 10)):
+    # Records are numbered from the report's seq on, the event last: van-a's second
+    # report starts after its first one's event (a seq names one record for good).
+    for dev, seq in ((a, 0), (b, 0), (a, 11)):
         recs = positions(dev.id, seq, 10, T0 + seq * 60)
         recs.append(wire.Event(seq + 10, wire.gps_time(T0 + seq * 60 + 10), 2, fence="s1"))
         r = wire.decode(wire.encode(dev.id, seq, T0 + seq * 60, recs, dev.key))
@@ -141,11 +143,11 @@ def test_positions_filters_and_json(tmp_path: Path) -> None:
     everything = q()
     assert len(everything) == 30
     assert [(p["device_name"], p["seq"]) for p in everything][:11][-2:] == [
-        ("van-a", 9), ("van-a", 10)]  # fmt: skip
+        ("van-a", 9), ("van-a", 11)]  # fmt: skip
     assert [p["device_name"] for p in everything] == ["van-a"] * 20 + ["van-b"] * 10
     assert len(q("--device", "van-b")) == 10 and len(q("--device", "2")) == 10
     since = wire.gps_time(T0 + 600).strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert {p["seq"] for p in q("--since", since)} == set(range(10, 20))
+    assert {p["seq"] for p in q("--since", since)} == set(range(11, 21))
     until = wire.gps_time(T0 + 4).isoformat()
     assert [p["seq"] for p in q("--until", until, "--device", "van-a")] == [0, 1, 2, 3, 4]
     assert len(q("--limit", "3")) == 3
@@ -164,7 +166,7 @@ def test_events_query(tmp_path: Path) -> None:
     out = vantrack("events", "--json", "--db", str(db), "--device", "van-a")
     got = [json.loads(x) for x in out.stdout.splitlines()]
     assert [(e["seq"], e["event"], e["fence"]) for e in got] == [
-        (10, "arrived", "s1"), (20, "arrived", "s1")]  # fmt: skip
+        (10, "arrived", "s1"), (21, "arrived", "s1")]  # fmt: skip
     table = vantrack("events", "--db", str(db)).stdout.splitlines()
     assert len(table) == 4 and "arrived" in table[1]
 
