@@ -106,3 +106,8 @@ def test_without_a_previous_firmware_a_trial_just_ends(tmp_path: Path) -> None:
     out = boot(tmp_path)
     assert "version=1" in out.stdout and "rollback" not in out.stdout
     assert entries(tmp_path) == {"app"}
+
+
+def test_a_board_without_firmware_says_so_and_stays_at_the_prompt(tmp_path: Path) -> None:
+    out = boot(tmp_path)
+    assert out.returncode == 0 and "E loader no_firmware" in out.stdout

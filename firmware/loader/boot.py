@@ -63,5 +63,7 @@ try:
     _select()
 except OSError as e:
     print("E loader error=%r" % e)  # never stop the van over this: run what is there
-sys.path.insert(0, "app")
+# The firmware: app/ on the filesystem, else frozen into the image under app/ (docs/
+# firmware-build.md: a frozen top-level main.py would run instead of this loader).
+sys.path[0:0] = ["app", ".frozen/app"]
 del _is, _rmtree, _select

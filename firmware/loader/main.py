@@ -6,7 +6,10 @@
 import sys
 
 try:
-    import main  # noqa: F401  (app/main.mpy: runs the van until it resets)
+    import main  # app/main.mpy: runs the van until it resets
+
+    # Back here only if `main` is this file: no firmware in app/ nor frozen.
+    print("E loader no_firmware (flash it: vantrack flash)")
 except Exception as e:
     sys.print_exception(e)
     print("E loader crashed error=%r" % e)
