@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from vantrack.gateway import cli as gateway_cli
 
-from . import bench, demo, fwbuild, gpssim, nmeadecode, udprelay
+from . import bench, demo, flash, fwbuild, gpssim, mprig, nmeadecode, udprelay
 
 DESCRIPTION = """\
 vantrack: tracking for last-mile delivery vans.
@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, gateway_cli, nmeadecode, gpssim, bench, udprelay, fwbuild):
+    for module in (
+        demo, gateway_cli, nmeadecode, gpssim, bench, udprelay, fwbuild, flash, mprig,
+    ):  # fmt: skip
         module.register(sub)
     return parser
 
