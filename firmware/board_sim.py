@@ -4,9 +4,21 @@
 # USB-serial adapter), opened as a file and read through asyncio's poller exactly like
 # machine.UART on the ESP32, so the event loop never blocks on it. Flash is a directory.
 # Options come from the command line: main.py --gps PATH --flash DIR [--echo] [--exit-on-eof]
+#
+# The network is loopback (no network task). The status LED is the name of the pattern
+# the ESP32 would blink (`pattern`). The watchdog is off unless config wdt_s is above 0:
+# then it counts wall time, as the ESP32's does (a replay at 80x speed still gets its
+# seconds), and a van not fed for that long exits with the restart code, so the rig
+# starts it again as a watchdog reset would. Unlike the hardware it has no clock of its
+# own: it looks at each LED period (status), which the supervisor runs whether or not it
+# feeds. So it catches a task that hangs (the supervisor stops feeding), not a loop
+# blocked for good (the ESP32's does).
+import asyncio
 import os
 import sys
+import time
 
+import log
 from micropython import const
 
 # Exit status asking the rig to start the firmware again (the van's reset: tools/rig.py).
@@ -14,10 +26,12 @@ _RESTART = const(3)
 # Linux termios c_cc indices (MicroPython's termios module does not export them).
 _VTIME = const(5)
 _VMIN = const(6)
+_TRIAL = "boot.trial"  # the loader's trial mark, in the rig's working directory
 
 
 class Board:
     name = "sim"
+    network_task = None  # loopback: no link to keep up
 
     def __init__(self, argv=None):
         # One pass over the options (boot only: no helper functions kept in the heap).
@@ -54,10 +68,20 @@ class Board:
                 except OSError:
                     pass
         self.cfg = None
-        self._led = False
+        self.pattern = None  # what the status LED would show (board_esp32._PATTERNS)
+        self._wdt_ms = 0
 
     def configure(self, cfg):
         self.cfg = cfg
+        self._wdt_ms = max(cfg["wdt_s"], 0) * 1000
+        self.fed = time.ticks_ms()  # last fed (armed at boot, as the van boots in seconds)
+        # The supervisor (watch.py) runs only with work to do: a watchdog, or a firmware
+        # on trial to confirm (a flash on the sim rig). The LED is not worth its heap.
+        try:
+            os.stat(_TRIAL)
+            self.supervised = True
+        except OSError:
+            self.supervised = self._wdt_ms > 0
 
     def gps_stream(self):
         # MicroPython's readinto() on a blocking file keeps reading until the buffer is
@@ -87,8 +111,23 @@ class Board:
     def restart(self):
         sys.exit(_RESTART)
 
-    def led(self, on):
-        self._led = bool(on)
+    def status(self, pattern, alive):
+        # The supervisor's look, once per LED period (2 s): the pattern the LED would
+        # show, and the watchdog, fed if the tasks are alive.
+        self.pattern = pattern
+        if alive:
+            self.fed = time.ticks_ms()
+        elif self._wdt_ms and time.ticks_diff(time.ticks_ms(), self.fed) > self._wdt_ms:
+            log.error("wdt", "reset", timeout_ms=self._wdt_ms)
+            sys.exit(_RESTART)
+        return asyncio.sleep_ms(2000)
+
+    def confirm_boot(self):
+        try:
+            os.remove(_TRIAL)
+        except OSError:
+            return  # not on trial
+        log.info("boot", "confirmed")
 
     def describe(self):
         return {"board": self.name, "platform": sys.platform, "gps": self.gps_path}

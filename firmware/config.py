@@ -43,6 +43,16 @@ DEFAULTS = {
     "gps_tx": 17,
     "gps_baud": 9600,
     "status_led": 2,
+    # Wi-Fi station (ESP32): the access point the van joins, e.g. the depot's or a mobile
+    # hotspot's; no SSID, no Wi-Fi. The password never appears in the log. wifi_country
+    # (ISO 3166 code, e.g. "DE") sets the channels allowed there; empty: the chip's default.
+    "wifi_ssid": "",
+    "wifi_password": "",
+    "wifi_country": "",
+    # Watchdog timeout in seconds: a van whose GPS reader or sender hangs resets after
+    # this long. 0: the board's default (30 s on the ESP32, off on the sim rig); below
+    # 0: off (bench work at the REPL); at least 8.
+    "wdt_s": 0,
     # Echo every fix on the console (useful on the bench and in the demo, noisy in a van).
     "echo_fixes": False,
 }

@@ -51,7 +51,12 @@ def boot(board):
     del sys.modules["config"]
     board.configure(cfg)
     info = board.describe()
-    log.info("boot", "start", version=tracker.VERSION, device=cfg["device_name"] or "-", **info)
+    # What a van runs with, in one line: the board's (reset cause on the ESP32) and a
+    # summary of the configuration. Never a secret (the key, the Wi-Fi password).
+    host = cfg["gateway_host"]
+    log.info("boot", "start", version=tracker.VERSION, device=cfg["device_name"] or "-",
+             gateway="%s:%d" % (host, cfg["gateway_port"]) if host else "-",
+             period_s=cfg["report_period_s"], queue_kb=cfg["queue_kb"], **info)  # fmt: skip
     # The heap is packed, not compacted, so the order matters: the uplink first, its
     # code and then its buffers and queue (reporting comes first: a van must never stop
     # reporting); the route's fences last, built by Tracker.main() once this module and

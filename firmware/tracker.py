@@ -7,6 +7,13 @@
 # the van has a route; the events it decides follow their fix in the report stream, are
 # logged (`I fence event type=.. n=..`) and the route's progress is saved to flash
 # after each, so a reboot mid-round repeats nothing.
+#
+# Beside the GPS reader (the main task) and the uplink's sender run the board's network
+# task, if it has one, and, where the board has work for it, the supervisor (watch.py):
+# it feeds the watchdog only while the reader and the sender make progress, gives the
+# status LED its pattern and ends the loader's trial of a new firmware once the van runs
+# (docs/hardware.md). It is a module of its own, loaded only then: on the sim rig without
+# a watchdog or a trial its code would only take heap from the route.
 import asyncio
 import gc
 import os
@@ -111,7 +118,6 @@ class Tracker:
                     self.uplink.add(fix)
                 if self.geo is not None:
                     self.geo.check(fix)
-        self.board.led(fix.valid)
         if self.echo:
             # print() writes each value as it goes: no line-sized string per fix.
             print("F", fix.t, fix.ms, fix.lat, fix.lon, fix.speed, fix.course, fix.alt,
@@ -142,7 +148,15 @@ class Tracker:
 
     async def run(self):
         up = self.uplink
+        board = self.board
+        net = board.network_task  # the board's link (Wi-Fi on the ESP32): a coroutine
+        if net:
+            net = asyncio.create_task(net)
         sender = None if up is None else asyncio.create_task(up.run())
+        watch = None
+        if board.supervised:
+            watch = __import__("watch").watch(self, asyncio.current_task(), sender)
+            watch = asyncio.create_task(watch)
         try:
             await self._read_gps()
             # A restart is due (what is queued waits on flash), or the sim board's replay
@@ -150,6 +164,10 @@ class Tracker:
             if up is not None and not self.restart and not await up.drain(_DRAIN_MS):
                 log.warn("uplink", "undelivered", queued=up.q.count)
         finally:
+            if watch:
+                watch.cancel()
+            if net:
+                net.cancel()
             if sender is not None:
                 sender.cancel()
             if up is not None:

@@ -6,7 +6,7 @@
 import sys
 
 try:
-    import main  # app/main.mpy: runs the van until it resets
+    import main  # noqa: F401  (app/main.mpy: runs the van until it resets)
 
     # Back here only if `main` is this file: no firmware in app/ nor frozen.
     print("E loader no_firmware (flash it: vantrack flash)")
