@@ -221,7 +221,10 @@ def connected(port: str | None) -> Iterator[Board]:
         board.close()
 
 
-def soft_reset_and_wait(board: Board, until: re.Pattern[str] | None = BANNER,
+Until = re.Pattern[str] | Callable[[list[str]], bool] | None
+
+
+def soft_reset_and_wait(board: Board, until: Until = BANNER,
                         timeout: float = 60.0, echo: bool = True) -> list[str]:  # fmt: skip
     """Leave the raw REPL, soft-reset the board (Ctrl-D at the friendly REPL, as a
     user would) and read its console until a line matches `until`; the lines read."""
@@ -231,8 +234,7 @@ def soft_reset_and_wait(board: Board, until: re.Pattern[str] | None = BANNER,
     return read_lines(ser, until, timeout, echo)
 
 
-def read_lines(ser: Any, until: re.Pattern[str] | None, timeout: float,
-               echo: bool = True) -> list[str]:  # fmt: skip
+def read_lines(ser: Any, until: Until, timeout: float, echo: bool = True) -> list[str]:
     lines: list[str] = []
     buf = b""
     deadline = time.monotonic() + timeout
@@ -248,7 +250,9 @@ def read_lines(ser: Any, until: re.Pattern[str] | None, timeout: float,
             lines.append(line)
             if echo:
                 _say(f"  | {line}")
-            if until is not None and until.search(line):
+            if until is None:
+                continue
+            if until(lines) if callable(until) else until.search(line):
                 return lines
     return lines
 
@@ -351,10 +355,16 @@ def flash(port: str | None, build_dir: Path | None = None, dry_run: bool = False
         _stage(board, out, manifest, p)
         _switch(board, p, out)
         _say("switched; soft reset, waiting for the firmware to boot and confirm ...")
-        lines = soft_reset_and_wait(board, re.compile(f"^{CONFIRMED}|^{ROLLBACK}"), wait_s)
-        if any(ROLLBACK in ln for ln in lines):  # and which firmware runs now
-            lines += read_lines(board.serial(), BANNER, 20.0)
+        lines = soft_reset_and_wait(board, _settled, wait_s)
     return _verdict(lines, version)
+
+
+def _settled(lines: list[str]) -> bool:
+    """The new firmware confirmed its boot, or was rolled back and the old one booted."""
+    if any(ln.startswith(CONFIRMED) for ln in lines):
+        return True
+    rolled = [i for i, ln in enumerate(lines) if ROLLBACK in ln]
+    return bool(rolled) and any(BANNER.search(ln) for ln in lines[rolled[0] :])
 
 
 def _stage(board: Board, out: Path, manifest: dict[str, Any], p: Plan) -> None:

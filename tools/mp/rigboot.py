@@ -3,7 +3,8 @@
 # the rig's flash directory. It mounts that directory as the device's "/", sets sys.path
 # and sys.argv as the sim board needs them, runs boot.py, then main.py (not after a soft
 # reset in the raw REPL, as on the ESP32), prints what they raised and falls through to
-# the REPL (-i). SystemExit ends the process: the rig starts it again, as a board reboots.
+# the REPL (-i). A SystemExit from them ends the process (killed: under -i it would
+# reach the REPL): the rig starts it again, as a board reboots.
 # It does not touch the firmware: the firmware is only what was copied to flash.
 
 
@@ -47,6 +48,10 @@ def _rig_boot():
             # In __main__'s globals, as pyexec_file does: the REPL sees what they defined.
             exec(compile(src, name, "exec"), globals())
         except SystemExit:
+            # A board restarts here (soft reset). Under `micropython -i` a SystemExit from
+            # the script would land in the REPL instead, so end this interpreter (the
+            # shell's parent) and let the rig start the next one.
+            os.system("kill -KILL $PPID")
             raise
         except BaseException as e:  # KeyboardInterrupt too: to the REPL, as on a board
             sys.print_exception(e)
