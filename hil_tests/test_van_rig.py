@@ -145,6 +145,17 @@ def bench(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bench]:
         bench.close()
 
 
+def board_hashes(port: str, directory: str) -> dict[str, str]:
+    """sha256 of each file in a directory on the board (through its serial port)."""
+    from vantrack.tools.flash import Board
+
+    board = Board(port)
+    try:
+        return board.hashes([directory], [])
+    finally:
+        board.close()
+
+
 def vantrack(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     out = subprocess.run([*rig.CLI, *args], capture_output=True, text=True, timeout=timeout)
     print(out.stderr[-3000:])
@@ -202,8 +213,19 @@ def test_a_blank_board_is_flashed_provisioned_and_reports_a_round_through_a_rese
         bench.reset()
         bench.wait_gps_done()
         records = settle(gw.db)
+        # Provisioned again (new reporting settings): same id and key, config.json
+        # replaced, and the van's queue and numbering (data/q/) untouched.
+        queue = board_hashes(bench.port, "data/q")
+        out = vantrack("provision", "van-hil", "--port", bench.port, "--db", str(gw.db),
+                       "--credentials-dir", str(tmp_path / "creds"),
+                       "--report-period-s", "10", "--no-reset")  # fmt: skip
+        assert out.returncode == 0 and "reusing its id and key" in out.stderr, out.stderr
+        assert json.loads((tmp_path / "creds" / "van-hil.json").read_text())["key"] == key
+        assert board_hashes(bench.port, "data/q") == queue and queue
+        assert '"report_period_s": 10' in out.stderr
     finally:
         gw.stop()
+
     seqs = [r[0] for r in records]
     statuses = [r for r in records if r[2] == 16]
     arrivals = [r for r in records if r[2] == 2]

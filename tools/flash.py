@@ -1,9 +1,10 @@
 """Putting the firmware on a van: `vantrack flash`, `vantrack provision`, `vantrack console`.
 
 All three talk to the board over its USB serial port with mpremote's own transport (the
-real tool, as a library: raw REPL, raw-paste, file transfer), the way `mpremote connect
-PORT resume ...` does: the running firmware is interrupted, never soft-reset behind our
-back. The sim rig (`vantrack rig start`) is such a board on a pty (docs/rig.md).
+real tool, as a library: raw REPL, raw-paste, file transfer). flash and provision
+soft-reset the board into the raw REPL as `mpremote connect PORT ...` does (boot.py runs,
+main.py does not), so the firmware's heap is free for the transfer; console only
+listens. The sim rig (`vantrack rig start`) is such a board on a pty (docs/rig.md).
 
 The board's filesystem (docs/flashing.md):
     boot.py, main.py   the loader (firmware/loader/): picks app/, finishes or undoes updates
@@ -149,7 +150,10 @@ class Board:
         self.port = port
         try:
             self.t = SerialTransport(port, baudrate=BAUD)
-            self.t.enter_raw_repl(soft_reset=False)  # `mpremote ... resume`
+            # A soft reset into the raw REPL, as `mpremote connect` does: boot.py runs,
+            # main.py does not, so the firmware's heap is free for the transfer (at 64 KB
+            # an interrupted firmware leaves too little for mpremote's buffers).
+            self.t.enter_raw_repl(soft_reset=True)
         except (TransportError, OSError) as e:
             raise FlashError(f"cannot talk to a MicroPython board on {port}: {e}") from None
 
