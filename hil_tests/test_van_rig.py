@@ -260,3 +260,15 @@ def test_a_firmware_that_crashes_at_start_is_rolled_back_to_the_previous_one(
     assert f"running {good}" in out.stderr
     listing = bench.mpremote("fs", "ls", ":")
     assert "app.bad" in listing.stdout and "app.old" not in listing.stdout, listing.stdout
+
+
+def test_console_shows_what_the_board_prints_after_a_reset(bench: Bench) -> None:
+    proc = subprocess.Popen(
+        [*rig.CLI, "console", "--port", bench.port, "--until", "MicroPython", "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(2)  # listening
+    bench.reset()
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    assert "MicroPython" in out

@@ -238,26 +238,25 @@ def soft_reset_and_wait(board: Board, until: Until = BANNER,
     return read_lines(ser, until, timeout, echo)
 
 
-def read_lines(ser: Any, until: Until, timeout: float, echo: bool = True) -> list[str]:
-    lines: list[str] = []
+def serial_lines(ser: Any, deadline: float | None) -> Iterator[str]:
+    """The lines a board writes on its console, until `deadline` (monotonic) if any."""
     buf = b""
-    deadline = time.monotonic() + timeout
     ser.timeout = 0.2
-    while time.monotonic() < deadline:
-        chunk = ser.read(256)
-        if not chunk:
-            continue
-        buf += chunk
+    while deadline is None or time.monotonic() < deadline:
+        buf += ser.read(256)
         while b"\n" in buf:
             raw, buf = buf.split(b"\n", 1)
-            line = raw.decode(errors="replace").rstrip("\r")
-            lines.append(line)
-            if echo:
-                _say(f"  | {line}")
-            if until is None:
-                continue
-            if until(lines) if callable(until) else until.search(line):
-                return lines
+            yield raw.decode(errors="replace").rstrip("\r")
+
+
+def read_lines(ser: Any, until: Until, timeout: float, echo: bool = True) -> list[str]:
+    lines: list[str] = []
+    for line in serial_lines(ser, time.monotonic() + timeout):
+        lines.append(line)
+        if echo:
+            _say(f"  | {line}")
+        if until is not None and (until(lines) if callable(until) else until.search(line)):
+            break
     return lines
 
 
@@ -500,20 +499,12 @@ def console(port: str | None, until: str | None, timeout: float | None) -> int:
         raise FlashError(f"cannot open {port}: {e}") from None
     pattern = re.compile(until) if until else None
     _say(f"console of {port} (Ctrl-C to leave)")
-    buf = b""
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        while deadline is None or time.monotonic() < deadline:
-            chunk = ser.read(256)
-            if not chunk:
-                continue
-            buf += chunk
-            while b"\n" in buf:
-                raw, buf = buf.split(b"\n", 1)
-                line = raw.decode(errors="replace").rstrip("\r")
-                print(line, flush=True)
-                if pattern is not None and pattern.search(line):
-                    return 0
+        for line in serial_lines(ser, deadline):
+            print(line, flush=True)
+            if pattern is not None and pattern.search(line):
+                return 0
     except KeyboardInterrupt:
         return 0
     finally:
