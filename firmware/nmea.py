@@ -3,7 +3,8 @@
 # Feed it whatever the UART returns (partial lines, several lines, noise); it assembles
 # lines in a preallocated buffer, checks them, decodes RMC, GGA, GSA and VTG from any
 # talker (NMEA 2.x and 4.1 layouts), merges one epoch's sentences into one Fix and calls
-# on_fix(fix). Bad input is counted in `drops` by reason and never raises.
+# on_fix(fix). Bad input is counted in `drops` by reason and never raises. What on_fix
+# raises does not change what is parsed: feed() raises it after the whole chunk.
 #
 # Everything is integer maths on the line buffer (no split, no slices, no floats, no
 # str): the ESP32 port has single-precision floats and every boxed float or slice is a
@@ -117,6 +118,7 @@ class Parser:
         v[_EDAY] = _NONE
         self.sentences = 0
         self.fixes = 0
+        self._err = None  # the first exception on_fix raised in this feed() (see _emit)
         self.ignored = 0  # well-formed sentences of types we do not decode (GSV, $P...)
         # Dropped lines by reason (written as literals: a module-level name per reason
         # would cost heap on the device).
@@ -173,6 +175,14 @@ class Parser:
                 v[_JUNK] = 1
         v[_ST] = st
         v[_LEN] = ln
+        self._raise()
+
+    def _raise(self):
+        # What on_fix raised, now that the chunk is parsed (see _emit).
+        e = self._err
+        if e is not None:
+            self._err = None
+            raise e
 
     def flush(self):
         # End of input: a last line without its line end still counts, then the epoch.
@@ -185,6 +195,7 @@ class Parser:
         v[_ST] = _IDLE
         if v[_MASK]:
             self._emit()
+        self._raise()
 
     # ---- one line -------------------------------------------------------------------
     def _line(self, ln):
@@ -568,5 +579,13 @@ class Parser:
         v[_EST] = 0
         v[_GSATS] = 0
         v[_GHDOP] = -1
-        self.on_fix(f)
+        try:
+            self.on_fix(f)
+        except Exception as e:
+            # The caller's failure (e.g. no heap for its record) is not the parser's: it
+            # goes on with the sentence that ended this epoch and the rest of the chunk,
+            # which belong to the next fixes, and feed() raises the first such
+            # exception once the chunk is parsed.
+            if self._err is None:
+                self._err = e
         Fix.__init__(f)  # cleared in place: one Fix for the parser's life

@@ -47,6 +47,11 @@ class Tracker:
         self.fixes = 0
         self.valid_fixes = 0
         self.events = 0
+        # Log lines that found no heap (the next stats line says how many): a line with
+        # a few values needs a block of ~150 contiguous bytes, which a van running its
+        # route in a fragmented heap may not have even after a collection, and a log
+        # line must never cost a fix or an event.
+        self.unlogged = 0
         self._stats_t = None
         self.geo = None
         self.route = 0  # version of the route the geofence was built from
@@ -104,7 +109,10 @@ class Tracker:
             except MemoryError:
                 gc.collect()
                 up.add(fix, etype, no, extra, self.route)
-        log.info("fence", "event", type=etype, n=no, x=extra, t=fix.t)
+        try:
+            log.info("fence", "event", type=etype, n=no, x=extra, t=fix.t)
+        except MemoryError:
+            self.unlogged += 1  # the event is recorded: its log line is what went
         self._save()
 
     def on_fix(self, fix):
@@ -133,18 +141,23 @@ class Tracker:
     def log_stats(self):
         p = self.parser
         gc.collect()  # so mem_free is the heap not taken by live data
-        log.info(
-            "gps",
-            "stats",
-            sentences=p.sentences,
-            fixes=self.fixes,
-            valid=self.valid_fixes,
-            events=self.events,
-            drops=p.drops,
-            mem_free=gc.mem_free(),
-        )
-        if self.uplink is not None:
-            log.info("uplink", "stats", **self.uplink.stats())
+        try:
+            log.info(
+                "gps",
+                "stats",
+                sentences=p.sentences,
+                fixes=self.fixes,
+                valid=self.valid_fixes,
+                events=self.events,
+                drops=p.drops,
+                mem_free=gc.mem_free(),
+                unlogged=self.unlogged,
+            )
+            self.unlogged = 0
+            if self.uplink is not None:
+                log.info("uplink", "stats", **self.uplink.stats())
+        except MemoryError:
+            self.unlogged += 1
 
     async def run(self):
         up = self.uplink

@@ -21,10 +21,11 @@ def true(v, msg=""):
 
 
 def raises(exc, fn, *args):
+    # Returns the exception, for the test to look at.
     try:
         fn(*args)
-    except exc:
-        return
+    except exc as e:
+        return e
     raise Fail("%s not raised" % exc.__name__)
 
 

@@ -268,6 +268,55 @@ def test_sim_watchdog_is_off_by_default_and_resets_when_not_fed():
         raise mptest.Fail("not reset")
 
 
+def _rmc(t):
+    # An RMC at t seconds past 08:00:00 on 2026-11-26, with its checksum.
+    body = "GPRMC,08%02d%02d.00,A,4807.0380,N,01131.0001,E,10.0,84.4,261126,,,A" % (
+        t // 60,
+        t % 60,
+    )
+    x = 0
+    for c in body:
+        x ^= ord(c)
+    return ("$%s*%02X\r\n" % (body, x)).encode()
+
+
+def test_a_log_line_without_heap_costs_no_fix():
+    # The GPS stats line finds no heap once (a fragmented heap can refuse its ~150
+    # bytes): every fix is still recorded, nothing leaves the parser, and the next stats
+    # line says one line went.
+    b, cfg = _board()
+    t = tracker.Tracker(b, cfg)
+    added = []
+    stats = []
+
+    class Up:
+        def add(self, fix, *event):
+            added.append(fix.t)
+
+        def stats(self):
+            return {}
+
+    def info(topic, event, **kv):
+        if (topic, event) == ("gps", "stats"):
+            stats.append(kv)
+            if len(stats) == 1:
+                raise MemoryError("memory allocation failed, allocating 152 bytes")
+
+    t.uplink = Up()
+    log.info = info
+    try:
+        for s in range(130):
+            t.parser.feed(_rmc(s))  # RMC ends each epoch: a fix as soon as it is read
+    finally:
+        log.info = _rec("I")
+    mptest.eq(len(added), 130)
+    mptest.eq(added[-1] - added[0], 129)
+    mptest.eq(len(stats), 2)  # at 60 s (no heap) and at 120 s
+    mptest.eq(stats[1]["unlogged"], 1)
+    mptest.eq(stats[1]["valid"], 121)
+    mptest.eq(t.unlogged, 0)
+
+
 mptest.main(globals())
 for path in (DIR + "/boot.trial", DIR + "/flash", DIR):
     try:

@@ -4,7 +4,7 @@ import time
 
 import mptest
 import nmea
-from mptest import eq, true
+from mptest import eq, raises, true
 
 
 def nm(body):
@@ -238,6 +238,38 @@ def test_gga_only_before_any_date_has_no_time():
 def test_two_digit_year_pivot():
     _, fx = run(nm(RMC.replace("261126", "010199")))
     eq(fx[0][0] // 86400, days(1999, 1, 1))
+
+
+def test_a_failing_on_fix_changes_no_fix_and_feed_raises_after_the_chunk():
+    # Five epochs of GGA, GSA and RMC in one chunk; the caller fails on two of them (as a
+    # van without heap for a record would). The parser must not lose the sentences that
+    # came after a failure (the one that ended the epoch starts the next), nor carry the
+    # failed epoch's fields into the next fix; feed() raises once the chunk is parsed.
+    data = b"".join(
+        nm(at("10150%d.20" % i, GGA)) + nm(GSA) + nm(at("10150%d.20" % i, RMC)) for i in range(5)
+    )
+    _, want = run(data)
+    got = []
+    p = nmea.Parser(None)
+
+    def on_fix(f):
+        got.append(
+            (f.t, f.ms, f.lat, f.lon, f.speed, f.course, f.alt, f.quality, f.mode, f.sats)
+            + (f.hdop, f.valid)
+        )
+        if len(got) in (2, 3):
+            raise MemoryError("no heap for the record %d" % len(got))
+
+    p.on_fix = on_fix
+    e = raises(MemoryError, p.feed, data)
+    eq(str(e), "no heap for the record 2")  # the first one
+    eq(p.sentences, 15)
+    p.flush()
+    eq(got, want)
+    eq(len(got), 5)
+    # The chunk after a failure is parsed as usual and raises nothing.
+    p.feed(nm(at("101505.20", GGA)) + nm(at("101506.20", GGA)))
+    eq(len(got), 6)
 
 
 def test_steady_state_allocates_nothing_per_sentence():
