@@ -14,7 +14,9 @@
 # Memory: requests are encoded in a preallocated buffer and a retransmission resends
 # the bytes already encoded. A request allocates its token, option list and timer task;
 # each datagram received is one bytes object from recv() (a socket stream read cannot
-# keep datagrams apart, see _receive), parsed into a tuple and a Result. Every method
+# keep datagrams apart, see _receive), parsed into a tuple and a Result. recv() needs
+# rx_size + 1 bytes in one piece: the client holds that much (the room) from one request
+# to the next response, so that a fragmented heap cannot starve the receiver. Every method
 # costs heap once imported, so there are few: sending is written out where it happens.
 # Encoding and parsing: coapmsg.py.
 #
@@ -92,6 +94,9 @@ class Client:
         self._recent = [-1] * _RECENT  # MIDs of the last separate responses, oldest first
         self._tx = bytearray(tx_size or rx_size)
         self._ctl = bytearray(4)  # empty ACK / RST
+        # The receive room: heap held for the next datagram (see _receive), taken here
+        # while the heap is still whole.
+        self._room = bytearray(rx_size + 16)
         self.stats = {
             "sent": 0,
             "retransmitted": 0,
@@ -110,6 +115,15 @@ class Client:
         # uri_path: "/a/b" or, better, coapmsg.path("/a/b") made once; options: more
         # (number, bytes) pairs (Uri-Query, ETag, Block2...). Network trouble never
         # raises but ends in a RETRY result; a message too large raises ValueError.
+        if self._room is None:
+            # The last response went to the caller, who is done with it: take the room
+            # for the next datagram again (it is where that datagram was, once a
+            # collection freed it). Without the heap for it, recv() tries its luck.
+            self._result = None
+            try:
+                self._room = bytearray(self.rx_size + 16)
+            except MemoryError:
+                pass
         opts = []
         for seg in coapmsg.path(uri_path) if isinstance(uri_path, str) else uri_path:
             opts.append((_URI_PATH, seg))
@@ -157,6 +171,12 @@ class Client:
         while True:
             try:
                 await aio.readable(self._sock)
+                # recv() allocates rx_size + 1 bytes in one piece, and a van's heap is
+                # fragmented: after a collection its largest hole can be smaller than
+                # that, so the datagram would never be read. The room held for it goes
+                # first: if recv() finds no other hole, its allocation collects and
+                # takes the room's.
+                self._room = None  # type: ignore[assignment]
                 data = self._sock.recv(self.rx_size + 1)  # type: ignore[union-attr]
                 self._dispatch(data)
             except OSError as e:
