@@ -228,7 +228,7 @@ def test_deployed_firmware_reads_the_gps_sim_pty(tmp_path: Path) -> None:
     with SimRig(tmp_path / "rig", route=route, speedup=20) as rig:
         mpremote(rig.port, "fs", "cp", *mpys, str(mpy.FIRMWARE_DIR / "main.py"), ":")
         rig.reset()
-        text = wait_console(rig, r"I gps stats fixes=[1-9]", timeout=30)
+        text = wait_console(rig, r"I gps stats .*\bfixes=[1-9]", timeout=30)
         assert "I boot start board=sim gps=/../gps" in text
         assert mpremote(rig.port, "exec", "print('stopped')").stdout == "stopped\n"
         assert "KeyboardInterrupt" in rig.console()
