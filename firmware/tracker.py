@@ -53,6 +53,7 @@ class Tracker:
         # route in a fragmented heap may not have even after a collection, and a log
         # line must never cost a fix or an event.
         self.unlogged = 0
+        self.unsaved = 0  # failed attempts to save the route's progress since the last save
         self._stats_t = None
         self.geo = None
         self.route = 0  # version of the route the geofence was built from
@@ -84,11 +85,13 @@ class Tracker:
     def _save(self):
         # The route's progress next to it, replaced atomically: its ETag (8 bytes), the
         # number of fences (2, little endian) and their id hashes (4 each: so a route
-        # replacing this one takes over stop by stop), then Geofence.state(). Best
-        # effort: a full or failing flash is logged, and the van goes on.
-        tmp = self._path + ".state.tmp"
+        # replacing this one takes over stop by stop), then Geofence.state(). A full or
+        # failing flash, or no heap for the file, is logged once and the van goes on:
+        # on_fix() tries again at every fix until it is saved (a reboot meanwhile would
+        # resume from the last progress saved, and repeat what came after).
         ids = self._ids
         try:
+            tmp = self._path + ".state.tmp"
             with open(tmp, "wb") as f:
                 f.write(self._etag)
                 f.write(bytes((len(ids) & 255, len(ids) >> 8)))  # type: ignore[arg-type]
@@ -96,7 +99,19 @@ class Tracker:
                 f.write(self.geo.state())  # type: ignore[union-attr]
             os.rename(tmp, self._path + ".state")
         except (OSError, MemoryError) as e:
-            log.error("route", "state_not_saved", error=repr(e))
+            if not self.unsaved:
+                try:
+                    log.error("route", "state_not_saved", error=repr(e))
+                except MemoryError:
+                    self.unlogged += 1
+            self.unsaved += 1
+            return
+        if self.unsaved:
+            try:
+                log.info("route", "state_saved", tries=self.unsaved + 1)
+            except MemoryError:
+                self.unlogged += 1
+            self.unsaved = 0
 
     def _event(self, etype, no, fix, extra):
         # Called by the geofence within check(fix), right after the fix's position. The
@@ -127,6 +142,8 @@ class Tracker:
                     self.uplink.add(fix)
                 if self.geo is not None:
                     self.geo.check(fix)
+                    if self.unsaved:
+                        self._save()
         if self.echo:
             # print() writes each value as it goes: no line-sized string per fix.
             print("F", fix.t, fix.ms, fix.lat, fix.lon, fix.speed, fix.course, fix.alt,

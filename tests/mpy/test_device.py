@@ -11,6 +11,7 @@ import board_sim
 import config
 import log
 import mptest
+import nmea
 import tracker
 import watch as supervisor
 
@@ -315,6 +316,57 @@ def test_a_log_line_without_heap_costs_no_fix():
     mptest.eq(stats[1]["unlogged"], 1)
     mptest.eq(stats[1]["valid"], 121)
     mptest.eq(t.unlogged, 0)
+
+
+def test_route_progress_the_flash_refused_is_saved_at_a_later_fix():
+    # The route's progress after an event cannot be written (here its directory is not
+    # there yet; on a van a full flash or no heap for the file): the tracker says so
+    # once and tries again at each fix until it is saved.
+    b, cfg = _board()
+    t = tracker.Tracker(b, cfg)
+    said = []
+
+    def rec(level):
+        def f(topic, event, **kv):
+            said.append((level, topic, event, kv))
+
+        return f
+
+    class Geo:  # the geofence's side of it: checks fixes, has progress to save
+        def check(self, fix):
+            pass
+
+        def state(self):
+            return b"\x05\x06"
+
+    t.geo = Geo()
+    t._ids = array("I", [0x04030201])  # one fence's id hash
+    t._etag = b"etag1234"
+    where = DIR + "/later"
+    t._path = where + "/route.cbor"
+    fix = nmea.Fix()
+    fix.t, fix.lat, fix.lon, fix.valid = 848995200, 41380000, 2170000, True
+    log.info, log.error = rec("I"), rec("E")
+    try:
+        t._event(2, 1, fix, None)  # arrived at stop 1: its progress is not saved
+        t.on_fix(fix)
+        t.on_fix(fix)
+        mptest.eq(t.unsaved, 3)
+        os.mkdir(where)
+        t.on_fix(fix)
+        mptest.eq(t.unsaved, 0)
+        t.on_fix(fix)  # nothing left to save: no write
+    finally:
+        log.info, log.error = _rec("I"), _rec("E")
+    try:
+        with open(t._path + ".state", "rb") as f:
+            mptest.eq(f.read(), b"etag1234\x01\x00\x01\x02\x03\x04\x05\x06")
+    finally:
+        for p in (t._path + ".state", where):
+            os.remove(p) if p != where else os.rmdir(p)
+    route = [(lv, e, kv) for lv, topic, e, kv in said if topic == "route"]
+    mptest.eq([(lv, e) for lv, e, _ in route], [("E", "state_not_saved"), ("I", "state_saved")])
+    mptest.eq(route[1][2], {"tries": 4})
 
 
 mptest.main(globals())
