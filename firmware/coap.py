@@ -15,8 +15,8 @@
 # the bytes already encoded. A request allocates its token, option list and timer task;
 # each datagram received is one bytes object from recv() (a socket stream read cannot
 # keep datagrams apart, see _receive), parsed into a tuple and a Result. recv() needs
-# rx_size + 1 bytes in one piece: the client holds that much (the room) from one request
-# to the next response, so that a fragmented heap cannot starve the receiver. Every method
+# rx_size + 1 bytes in one piece: the client holds that much (the room) and lends it to
+# each recv(), so that a fragmented heap cannot starve the receiver. Every method
 # costs heap once imported, so there are few: sending is written out where it happens.
 # Encoding and parsing: coapmsg.py.
 #
@@ -116,9 +116,9 @@ class Client:
         # (number, bytes) pairs (Uri-Query, ETag, Block2...). Network trouble never
         # raises but ends in a RETRY result; a message too large raises ValueError.
         if self._room is None:
-            # The last response went to the caller, who is done with it: take the room
-            # for the next datagram again (it is where that datagram was, once a
-            # collection freed it). Without the heap for it, recv() tries its luck.
+            # The room could not be taken back after the last datagram (see _receive):
+            # try now that the caller is done with the last response. Without the heap
+            # for it, recv() tries its luck.
             self._result = None
             try:
                 self._room = bytearray(self.rx_size + 16)
@@ -175,9 +175,15 @@ class Client:
                 # fragmented: after a collection its largest hole can be smaller than
                 # that, so the datagram would never be read. The room held for it goes
                 # first: if recv() finds no other hole, its allocation collects and
-                # takes the room's.
+                # takes the room's. recv() frees that buffer before it returns (it
+                # returns a copy), so the room is taken back at once, before anything
+                # else can be put in its place.
                 self._room = None  # type: ignore[assignment]
                 data = self._sock.recv(self.rx_size + 1)  # type: ignore[union-attr]
+                try:
+                    self._room = bytearray(self.rx_size + 16)
+                except MemoryError:
+                    pass  # the next request tries again
                 self._dispatch(data)
             except OSError as e:
                 if e.args[0] != errno.EAGAIN:

@@ -18,6 +18,9 @@
 #   --ack-timeout-ms N   --random-factor F   --max-retransmit N   --lifetime-ms N
 #   --token-len N
 #   --concurrent: issue all requests at once (the client still sends one at a time)
+#   --fragment: run the requests one after another in a heap cut into holes smaller than
+#     the client's receive buffer, as a van's can be (see fragment()); exits 3 if the
+#     heap could not be cut so
 # --uri-host, --query and --accept travel as generic options (number, bytes).
 # The client first: its modules compile from source on the unix port, and compiling
 # them into a heap already cut up by this script's own objects can run out at 64 KB.
@@ -67,6 +70,7 @@ def parse_args(argv):
         "hex": False,
         "mem": False,
         "concurrent": False,
+        "fragment": False,
         "client": {},
     }
     ints = {
@@ -94,7 +98,7 @@ def parse_args(argv):
             o["query"].append(v)
         elif a == "--uri-host":
             o["uri_host"] = v
-        elif a in ("--hex", "--mem", "--concurrent"):
+        elif a in ("--hex", "--mem", "--concurrent", "--fragment"):
             o[a[2:]] = True
             i += 1
             continue
@@ -157,6 +161,39 @@ async def one(client, o, i, payload):
     return result_json(i, r, ticks[0], alloc)
 
 
+def fragment(size):
+    # Fills the free heap with two chains of 448-byte buffers, interleaved, and drops one
+    # chain: after a collection the free heap is holes of ~500 bytes (room for a
+    # request's coroutines), none of `size` bytes (checked). Returns the chain kept.
+    keep = drop = None
+    gc.collect()  # garbage left now would be large holes later
+    try:
+        while True:
+            keep = (keep, bytearray(448))
+            drop = (drop, bytearray(448))
+    except MemoryError:
+        pass
+    drop = None
+    gc.collect()
+    try:
+        bytearray(size)
+    except MemoryError:
+        return keep
+    print("the heap still has a hole of %d bytes" % size, file=sys.stderr)
+    sys.exit(3)
+
+
+async def fragmented(client, o, items):
+    # --fragment: each result is printed, and let go, before the next request.
+    method = METHODS[o["method"]]
+    cf = 60 if method in (2, 3) else None
+    held = fragment(client.rx_size + 1)
+    for i, p in enumerate(items):
+        r = await client.request(method, o["uri_path"], p, cf, o["options"])
+        print(result_json(i, r, 0, None))
+    return held
+
+
 async def main(o):
     kw = o["client"]
     o["uri_path"] = coapmsg.path(o["path"])  # split once, as the tracker does
@@ -171,7 +208,9 @@ async def main(o):
     client = coap.Client(o["host"], o["port"], **kw)
     try:
         items = payloads(o)
-        if o["concurrent"]:
+        if o["fragment"]:
+            await fragmented(client, o, items)
+        elif o["concurrent"]:
             lines = await asyncio.gather(*[one(client, o, i, p) for i, p in enumerate(items)])
             for line in lines:
                 print(line)
