@@ -196,4 +196,7 @@ def test_smart_reporting_records_less_and_the_gateway_tunes_it_per_van(van, gate
     assert fixes > 2000 and 100 < n_smart < fixes / 5
     assert max(gaps_s(gateway.db, smart["device_id"])) <= 300
     # Tuned: after its first report (made with the defaults), exactly every 3 s.
-    assert Counter(gaps[2:]).most_common(1)[0][0] == 3 and max(gaps[2:]) <= 3, gaps[:20]
+    # On failure, what the tuned van said besides its fixes (a gap has been seen once in
+    # CI, 4 s, without a known cause).
+    said = [ln for ln in lines[1] if ln[:2] in ("W ", "E ") or "Traceback" in ln]
+    assert Counter(gaps[2:]).most_common(1)[0][0] == 3 and max(gaps[2:]) <= 3, (gaps[:20], said)
